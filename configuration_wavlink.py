@@ -1,0 +1,112 @@
+"""WavLink configuration.
+
+Served from the Hub as remote code: imports only torch, numpy, transformers and sibling modules.
+"""
+
+import math
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+LOSS_TYPES = ("clip", "siglip")
+AUDIO_POOLINGS = ("global_token", "mean")
+TEXT_POOLINGS = ("eos", "cls", "mean")
+
+# Default text pooling per text-tower family (paper: CLIP at EOS, ModernBERT at CLS; sentence-style BERTs
+# such as MiniLM were trained with mean pooling).
+_DEFAULT_TEXT_POOLING = {"clip_text_model": "eos", "modernbert": "cls"}
+
+
+def _check_choice(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"WavLinkConfig.{field}={value!r} is not valid; allowed values: {', '.join(map(repr, allowed))}.")
+
+
+class WavLinkConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`WavLinkModel`]: a Whisper audio encoder with one learnable global token, a text encoder,
+    and linear projectors into a shared, L2-normalised embedding space trained with a CLIP or SigLIP loss and
+    Matryoshka supervision.
+
+    Args:
+        audio_config (`dict` or `WhisperConfig`, *optional*):
+            Config of the Whisper audio tower (only the encoder is used).
+        text_config (`dict` or `PretrainedConfig`, *optional*):
+            Config of the text tower. Its `model_type` picks the class: `clip_text_model` (default), any
+            BERT-family model (`bert`, `roberta`, ...) or `modernbert`.
+        projection_dim (`int`, *optional*, defaults to 512):
+            Width `d` of the shared embedding space.
+        matryoshka_dims (`list[int]`, *optional*):
+            Nested prefix sizes supervised by the loss and offered at inference. Defaults to `[d, d/2, d/4, d/8]`.
+            Must be strictly decreasing, start with `projection_dim` and be positive.
+        loss_type (`str`, *optional*, defaults to `"clip"`):
+            `"clip"` (symmetric InfoNCE) or `"siglip"` (pairwise sigmoid).
+        logit_scale_init_value (`float`, *optional*):
+            Initial log temperature. Defaults to `ln(1/0.07)` for CLIP and `ln(10)` for SigLIP.
+        logit_scale_max (`float`, *optional*, defaults to `ln(100)`):
+            The log temperature is clamped at this value in the forward pass.
+        logit_bias_init_value (`float`, *optional*, defaults to -10.0):
+            Initial SigLIP bias (unused by the CLIP loss).
+        audio_pooling (`str`, *optional*, defaults to `"global_token"`):
+            `"global_token"` (the paper's appended learnable token) or `"mean"` (masked mean of the frames; the
+            paper's ablation).
+        text_pooling (`str`, *optional*):
+            `"eos"`, `"cls"` or `"mean"`. Defaults to `"eos"` for CLIP text, `"cls"` for ModernBERT and `"mean"`
+            for other encoders.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation used to initialise the global token and fresh projectors.
+    """
+
+    model_type = "wavlink"
+    sub_configs_defaults = {
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_text_model"),
+    }
+
+    audio_config: dict | PretrainedConfig | None = None
+    text_config: dict | PretrainedConfig | None = None
+    projection_dim: int = 512
+    matryoshka_dims: list[int] | None = None
+    loss_type: str = "clip"
+    logit_scale_init_value: float | None = None
+    logit_scale_max: float = math.log(100.0)
+    logit_bias_init_value: float = -10.0
+    audio_pooling: str = "global_token"
+    text_pooling: str | None = None
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.audio_config.model_type != "whisper":
+            raise ValueError(
+                f"WavLinkConfig.audio_config must be a Whisper config, got model_type={self.audio_config.model_type!r}."
+            )
+        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        _check_choice("audio_pooling", self.audio_pooling, AUDIO_POOLINGS)
+        if self.text_pooling is None:
+            self.text_pooling = _DEFAULT_TEXT_POOLING.get(self.text_config.model_type, "mean")
+        _check_choice("text_pooling", self.text_pooling, TEXT_POOLINGS)
+        if self.projection_dim <= 0:
+            raise ValueError(f"WavLinkConfig.projection_dim must be positive, got {self.projection_dim}.")
+        if self.matryoshka_dims is None:
+            self.matryoshka_dims = [self.projection_dim // f for f in (1, 2, 4, 8) if self.projection_dim // f > 0]
+        self.matryoshka_dims = [int(d) for d in self.matryoshka_dims]
+        dims = self.matryoshka_dims
+        if not dims or dims[0] != self.projection_dim or any(a <= b for a, b in zip(dims, dims[1:])) or dims[-1] <= 0:
+            raise ValueError(
+                f"WavLinkConfig.matryoshka_dims={dims!r} is not valid; it must start with projection_dim="
+                f"{self.projection_dim} and be strictly decreasing positive sizes, e.g. "
+                f"{[self.projection_dim // f for f in (1, 2, 4, 8)]}."
+            )
+        if self.logit_scale_init_value is None:
+            self.logit_scale_init_value = math.log(1 / 0.07) if self.loss_type == "clip" else math.log(10.0)
+        if self.logit_scale_init_value > self.logit_scale_max:
+            raise ValueError(
+                f"WavLinkConfig.logit_scale_init_value={self.logit_scale_init_value} exceeds logit_scale_max="
+                f"{self.logit_scale_max}."
+            )
+
+
+__all__ = ["WavLinkConfig"]
+
+WavLinkConfig.register_for_auto_class()

@@ -1,0 +1,263 @@
+"""WavLink processor: Whisper log-mel features for audio, the text tower's tokenizer for text.
+
+Served from the Hub as remote code: imports only torch, numpy, transformers and sibling modules at the top level.
+The audio libraries (soundfile for decoding, soxr for resampling) are imported when first needed.
+"""
+
+import io
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from transformers import AutoTokenizer, BatchFeature, WhisperFeatureExtractor
+from transformers.processing_utils import ProcessorMixin
+
+AUDIO_PADDING = ("longest", "max_length")
+LONG_AUDIO = ("windows", "truncate")
+# A trailing window shorter than this is dropped when a long clip is split (it would add noise, not content).
+MIN_TRAILING_WINDOW_SECONDS = 1.0
+
+
+class WavLinkProcessor(ProcessorMixin):
+    r"""
+    Turns audio and text into model inputs for [`WavLinkModel`].
+
+    Audio may be file paths (wav, flac, ogg, mp3), numpy or torch arrays (with `sampling_rate`), or
+    datasets-style dicts (`{"array", "sampling_rate"}` or `{"path"}` / `{"bytes"}`). Every clip is decoded, downmixed
+    to mono, scaled to [-1, 1] if it is integer PCM, resampled to 16 kHz and turned into Whisper log-mel features.
+
+    Args:
+        feature_extractor (`WhisperFeatureExtractor`): computes the log-mel features.
+        tokenizer (`PreTrainedTokenizerBase`): the text tower's tokenizer.
+    """
+
+    def __init__(self, feature_extractor, tokenizer):
+        super().__init__(feature_extractor, tokenizer)
+
+    @classmethod
+    def from_towers(cls, audio_tower: str, text_tower: str, **kwargs) -> "WavLinkProcessor":
+        """The processor matching `WavLinkModel.from_towers(audio_tower, text_tower)` (Hub ids or local paths)."""
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(audio_tower, **kwargs)
+        # The stock zero-shot-audio-classification pipeline forwards every feature-extractor output to the model;
+        # an audio `attention_mask` there would clash with the text one.
+        feature_extractor.return_attention_mask = False
+        tokenizer = AutoTokenizer.from_pretrained(text_tower, **kwargs)
+        return cls(feature_extractor, tokenizer)
+
+    def __call__(
+        self,
+        audio=None,
+        text: str | list[str] | None = None,
+        sampling_rate: int | None = None,
+        padding: str = "longest",
+        long_audio: str = "windows",
+        return_tensors: str | None = "pt",
+        **text_kwargs,
+    ) -> BatchFeature:
+        """
+        Args:
+            audio: one clip or a list of clips (see the class docstring for the accepted forms).
+            text: one string or a list of strings. Truncated to the tokenizer's limit.
+            sampling_rate: sampling rate of raw arrays (required for them; files and dicts carry their own).
+            padding: `"longest"` (default) pads log-mel frames to the longest clip and returns `input_features_mask`;
+                `"max_length"` pads every clip to 30 s, the paper's exact Whisper input, with no mask.
+            long_audio: audio longer than 30 s is split into 30-s `"windows"` (the model averages their embeddings;
+                `audio_window_counts` says how many windows each clip has) or `"truncate"`d to its first 30 s.
+            return_tensors: `"pt"` (default) or `"np"`.
+            text_kwargs: passed on to the tokenizer.
+
+        Returns:
+            `BatchFeature` with `input_features` `(windows, mel_bins, frames)`, `input_features_mask`
+            `(windows, frames)` (padding="longest" only), `audio_window_counts` `(clips,)` (only when a clip was split),
+            and the tokenizer's `input_ids`, `attention_mask` (and `token_type_ids`).
+        """
+        if audio is None and text is None:
+            raise ValueError("WavLinkProcessor needs `audio`, `text` or both.")
+        data = {}
+        if text is not None:
+            data.update(self._tokenize(text, return_tensors, **text_kwargs))
+        if audio is not None:
+            data.update(self._featurize(audio, sampling_rate, padding, long_audio))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    # ------------------------------------------------------------------ text
+
+    def _tokenize(self, text, return_tensors, **text_kwargs) -> dict:
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+            bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), 0) if isinstance(texts, Sequence) else 0
+            raise ValueError(f"text[{bad}] must be a string, got {type(texts[bad] if isinstance(texts, Sequence) else texts).__name__}.")
+        max_length = self.tokenizer.model_max_length
+        if max_length is None or max_length > 100_000:  # "unlimited" sentinel of tokenizers without a limit
+            max_length = 512
+        kwargs = {"padding": True, "truncation": True, "max_length": max_length, **text_kwargs}
+        return dict(self.tokenizer(list(texts), return_tensors=return_tensors, **kwargs))
+
+    # ------------------------------------------------------------------ audio
+
+    def _featurize(self, audio, sampling_rate, padding, long_audio) -> dict:
+        if padding not in AUDIO_PADDING:
+            raise ValueError(f"padding={padding!r} is not valid; allowed values: {AUDIO_PADDING}.")
+        if long_audio not in LONG_AUDIO:
+            raise ValueError(f"long_audio={long_audio!r} is not valid; allowed values: {LONG_AUDIO}.")
+        clips = audio if _is_batch(audio) else [audio]
+        if len(clips) == 0:
+            raise ValueError("audio is an empty list.")
+        target_rate = self.feature_extractor.sampling_rate
+        window = self.feature_extractor.n_samples
+        windows, counts = [], []
+        for index, clip in enumerate(clips):
+            waveform = load_audio(clip, sampling_rate, target_rate, name=_describe(clip, index))
+            pieces = split_windows(waveform, window, int(MIN_TRAILING_WINDOW_SECONDS * target_rate))
+            if long_audio == "truncate":
+                pieces = pieces[:1]
+            windows.extend(pieces)
+            counts.append(len(pieces))
+        data = self._log_mel(windows, padding)
+        if any(c > 1 for c in counts):
+            data["audio_window_counts"] = np.asarray(counts, dtype=np.int64)
+        return data
+
+    def _log_mel(self, windows: list[np.ndarray], padding: str) -> dict:
+        extractor = self.feature_extractor
+        if padding == "max_length":
+            features = extractor(windows, sampling_rate=extractor.sampling_rate, padding="max_length", return_tensors="np")
+            return {"input_features": features["input_features"].astype(np.float32)}
+        # Each clip is featurised alone, then padded in the mel domain, so a clip's features (and embedding) do not
+        # depend on its batch: padding the waveform first would change the STFT's last frames and Whisper's
+        # per-clip dynamic-range clamp.
+        per_clip = [
+            extractor(w, sampling_rate=extractor.sampling_rate, padding="longest", return_tensors="np")["input_features"][0]
+            for w in windows
+        ]
+        frames = max(f.shape[-1] for f in per_clip)
+        input_features = np.zeros((len(per_clip), extractor.feature_size, frames), dtype=np.float32)
+        mask = np.zeros((len(per_clip), frames), dtype=np.int64)
+        for row, f in enumerate(per_clip):
+            input_features[row, :, : f.shape[-1]] = f
+            mask[row, : f.shape[-1]] = 1
+        return {"input_features": input_features, "input_features_mask": mask}
+
+    @property
+    def model_input_names(self):
+        return list(self.tokenizer.model_input_names) + ["input_features", "input_features_mask", "audio_window_counts"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Audio loading helpers (also used by the training and indexing code)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_audio(item, sampling_rate: int | None, target_rate: int = 16000, name: str = "audio") -> np.ndarray:
+    """Decode one clip to a float32 mono waveform at `target_rate`.
+
+    `item` is a path, a numpy/torch array (needs `sampling_rate`), or a dict with `array` + `sampling_rate`, or
+    `path` and/or `bytes`. Raises `ValueError` naming `name` when the clip is unreadable, empty or not finite.
+    """
+    if isinstance(item, dict):
+        if item.get("array") is not None:
+            rate = item.get("sampling_rate")
+            if rate is None:
+                raise ValueError(f"{name}: dict has 'array' but no 'sampling_rate'.")
+            waveform, rate = _as_array(item["array"], name), int(rate)
+        elif item.get("bytes") is not None:
+            waveform, rate = _decode(io.BytesIO(item["bytes"]), name)
+        elif item.get("path") is not None:
+            waveform, rate = _decode(item["path"], name)
+        else:
+            raise ValueError(f"{name}: dict needs 'array' and 'sampling_rate', or 'path' or 'bytes'; got keys {sorted(item)}.")
+    elif isinstance(item, (str, os.PathLike)):
+        waveform, rate = _decode(item, name)
+    elif isinstance(item, (bytes, bytearray)):
+        waveform, rate = _decode(io.BytesIO(item), name)
+    elif _is_array(item):
+        if sampling_rate is None:
+            raise ValueError(f"{name}: a raw array needs `sampling_rate` (the rate it was recorded at).")
+        waveform, rate = _as_array(item, name), int(sampling_rate)
+    else:
+        raise ValueError(
+            f"{name}: unsupported audio type {type(item).__name__}; give a path, an array with sampling_rate, "
+            "or a dict with 'array'+'sampling_rate', 'path' or 'bytes'."
+        )
+    waveform = _to_mono_float(waveform, name)
+    if waveform.size == 0:
+        raise ValueError(f"{name}: audio is empty.")
+    if not np.isfinite(waveform).all():
+        raise ValueError(f"{name}: audio contains NaN or Inf samples.")
+    if rate <= 0:
+        raise ValueError(f"{name}: sampling_rate must be positive, got {rate}.")
+    if rate != target_rate:
+        import soxr
+
+        waveform = soxr.resample(waveform, rate, target_rate, quality="HQ").astype(np.float32)
+    if waveform.shape[0] < target_rate // 100:
+        raise ValueError(f"{name}: audio is shorter than 10 ms ({waveform.shape[0]} samples at {target_rate} Hz).")
+    return waveform
+
+
+def split_windows(waveform: np.ndarray, window: int, min_trailing: int) -> list[np.ndarray]:
+    """Cut a waveform into consecutive windows of `window` samples; a short trailing remainder is dropped."""
+    if waveform.shape[0] <= window:
+        return [waveform]
+    pieces = [waveform[start : start + window] for start in range(0, waveform.shape[0], window)]
+    if pieces[-1].shape[0] < min_trailing:
+        pieces = pieces[:-1]
+    return pieces
+
+
+def _decode(source, name: str) -> tuple[np.ndarray, int]:
+    import soundfile
+
+    try:
+        waveform, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError or OSError
+        raise ValueError(f"{name}: cannot decode audio ({type(error).__name__}: {error}).") from error
+    return waveform.T, rate  # (channels, samples)
+
+
+def _is_array(item) -> bool:
+    return isinstance(item, np.ndarray) or type(item).__module__.startswith("torch")
+
+
+def _as_array(item, name: str) -> np.ndarray:
+    if type(item).__module__.startswith("torch"):
+        item = item.detach().cpu().numpy()
+    if isinstance(item, list):
+        item = np.asarray(item)
+    if not isinstance(item, np.ndarray):
+        raise ValueError(f"{name}: 'array' must be a numpy or torch array, got {type(item).__name__}.")
+    return item
+
+
+def _to_mono_float(waveform: np.ndarray, name: str) -> np.ndarray:
+    if waveform.dtype.kind == "i":  # signed integer PCM -> [-1, 1)
+        waveform = waveform.astype(np.float64) / (float(np.iinfo(waveform.dtype).max) + 1)
+    elif waveform.dtype.kind == "u":  # unsigned PCM is centred at half range
+        half = (float(np.iinfo(waveform.dtype).max) + 1) / 2
+        waveform = (waveform.astype(np.float64) - half) / half
+    elif waveform.dtype.kind != "f":
+        raise ValueError(f"{name}: audio samples must be numbers, got dtype {waveform.dtype}.")
+    if waveform.ndim == 2:
+        # Channels are the short axis: (channels, samples) as torchaudio gives, or (samples, channels) as soundfile.
+        channel_axis = 0 if waveform.shape[0] <= waveform.shape[1] else 1
+        waveform = waveform.mean(axis=channel_axis)
+    elif waveform.ndim != 1:
+        raise ValueError(f"{name}: audio must be 1-D (mono) or 2-D (multi-channel), got shape {waveform.shape}.")
+    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def _is_batch(audio) -> bool:
+    return isinstance(audio, (list, tuple))
+
+
+def _describe(clip, index: int) -> str:
+    if isinstance(clip, (str, os.PathLike)):
+        return f"audio[{index}] ({os.fspath(clip)})"
+    if isinstance(clip, dict) and clip.get("path"):
+        return f"audio[{index}] ({clip['path']})"
+    return f"audio[{index}]"
+
+
+WavLinkProcessor.register_for_auto_class()
+
+__all__ = ["WavLinkProcessor", "load_audio", "split_windows"]

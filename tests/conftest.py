@@ -1,0 +1,77 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configuration_wavlink import WavLinkConfig  # noqa: E402
+from modeling_wavlink import WavLinkModel  # noqa: E402
+from processing_wavlink import WavLinkProcessor  # noqa: E402
+from transformers import WhisperFeatureExtractor  # noqa: E402
+from wavlink.tokenization import build_word_tokenizer  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def fixtures_dir() -> Path | None:
+    for candidate in (os.environ.get("WAVLINK_FIXTURES"), ROOT.parent / "shared" / "fixtures"):
+        if candidate and (Path(candidate) / "whisper-tiny.en").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    path = fixtures_dir()
+    if path is None:
+        pytest.skip("real fixtures not found at ../shared/fixtures or $WAVLINK_FIXTURES")
+    return path
+
+
+@pytest.fixture(scope="session")
+def animal_files(fixtures) -> list[str]:
+    return sorted(str(p) for p in (fixtures / "audio" / "animals").glob("*.mp3"))
+
+
+@pytest.fixture(scope="session")
+def real_model(fixtures):
+    return WavLinkModel.from_towers(
+        str(fixtures / "whisper-tiny.en"), str(fixtures / "all-MiniLM-L6-v2"), projection_dim=256
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def real_processor(fixtures):
+    return WavLinkProcessor.from_towers(str(fixtures / "whisper-tiny.en"), str(fixtures / "all-MiniLM-L6-v2"))
+
+
+TINY_CAPTIONS = ["a dog barks", "rain falls softly", "a high tone", "a low hum", "birds sing", "a car passes"]
+
+
+def tiny_config(**overrides) -> WavLinkConfig:
+    audio = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
+                 max_source_positions=1500, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32)
+    text = dict(model_type="bert", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=64)
+    kwargs = dict(audio_config=audio, text_config=text, projection_dim=16)
+    kwargs.update(overrides)
+    return WavLinkConfig(**kwargs)
+
+
+def tiny_model(seed: int = 0, **overrides) -> WavLinkModel:
+    torch.manual_seed(seed)
+    return WavLinkModel(tiny_config(**overrides)).eval()
+
+
+def tiny_processor(captions=TINY_CAPTIONS) -> WavLinkProcessor:
+    extractor = WhisperFeatureExtractor(feature_size=80, return_attention_mask=False)
+    return WavLinkProcessor(extractor, build_word_tokenizer(captions))
+
+
+def noise(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(seconds * rate)) * 0.1).astype(np.float32)
