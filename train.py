@@ -1,0 +1,654 @@
+#!/usr/bin/env python
+"""Train WavLink with Accelerate: full finetuning, LoRA or projector-only; CLIP or SigLIP loss with Matryoshka.
+
+    python train.py configs/demo.yaml                                   # offline CPU demo
+    accelerate launch train.py configs/wavlink-base-stage1.yaml         # any number of processes
+    accelerate launch train.py configs/wavlink-base-stage2.yaml --model_name_or_path runs/wavlink-base-stage1/final
+
+A YAML file sets any option below; command-line flags override it. `python train.py --help` lists them all.
+
+Negatives: each process scores its rows against the embeddings of *all* processes (gathered with autograd), so a
+step sees `per_device_train_batch_size * num_processes` negatives. Gradient accumulation adds steps, not negatives:
+each micro-batch is its own contrastive problem.
+"""
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("wavlink.train")
+
+FINETUNE = ("full", "lora", "projector")
+SCOPES = ("both", "audio")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+# LoRA targets per tower family (attention projections).
+LORA_TARGETS = {
+    "whisper": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "clip_text_model": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "modernbert": ["Wqkv", "Wo"],
+}
+LORA_TARGETS_BERT_LIKE = ["query", "key", "value"]
+# Trained and saved beside LoRA adapters: the parts of WavLink that are new, not pretrained tower weights.
+WAVLINK_HEADS = ["audio_global_token", "audio_projection", "text_projection", "logit_head"]
+
+
+def _check(condition: bool, option: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"--{option}: {message}")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Start from this WavLink checkpoint (Hub id or path)."})
+    audio_tower: str | None = field(default=None, metadata={"help": "Whisper checkpoint for a new model (Hub id or path)."})
+    text_tower: str | None = field(default=None, metadata={"help": "Text checkpoint for a new model: CLIP, BERT-family or ModernBERT."})
+    audio_config: str | None = field(default=None, metadata={"help": "JSON WhisperConfig fields for a randomly initialised audio tower (no audio_tower)."})
+    text_config: str | None = field(default=None, metadata={"help": "JSON text config (with model_type) for a random text tower (no text_tower); its tokenizer is built from the training captions."})
+    projection_dim: int | None = field(default=None, metadata={"help": "Shared embedding width d (default: CLIP's projection width, else 512)."})
+    matryoshka_dims: list[int] | None = field(default=None, metadata={"help": "Matryoshka prefix sizes (default d, d/2, d/4, d/8)."})
+    loss_type: str = field(default="clip", metadata={"help": "Contrastive loss: clip or siglip."})
+    audio_pooling: str = field(default="global_token", metadata={"help": "global_token (the paper) or mean (ablation)."})
+    text_pooling: str | None = field(default=None, metadata={"help": "eos, cls or mean (default: per text tower family)."})
+    finetune: str = field(default="full", metadata={"help": "Regime: full, lora or projector (both towers frozen)."})
+    train_towers: str = field(default="both", metadata={"help": "both, or audio (text tower frozen)."})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "Module names to adapt (default per tower family)."})
+    merge_lora: bool = field(default=False, metadata={"help": "Also save the LoRA-merged full model to <output_dir>/final/merged."})
+
+    def __post_init__(self):
+        _check(self.finetune in FINETUNE, "finetune", f"{self.finetune!r} is not one of {FINETUNE}.")
+        _check(self.train_towers in SCOPES, "train_towers", f"{self.train_towers!r} is not one of {SCOPES}.")
+        _check(self.loss_type in ("clip", "siglip"), "loss_type", f"{self.loss_type!r} is not one of ('clip', 'siglip').")
+        _check(self.audio_pooling in ("global_token", "mean"), "audio_pooling", f"{self.audio_pooling!r} is not one of ('global_token', 'mean').")
+        _check(self.text_pooling in (None, "eos", "cls", "mean"), "text_pooling", f"{self.text_pooling!r} is not one of ('eos', 'cls', 'mean').")
+        _check(self.lora_rank > 0, "lora_rank", "must be positive.")
+        _check(self.projection_dim is None or self.projection_dim > 0, "projection_dim", "must be positive.")
+        if self.model_name_or_path is None:
+            pretrained, random = bool(self.audio_tower and self.text_tower), bool(self.audio_config and self.text_config)
+            _check(pretrained != random and not (self.audio_tower and self.audio_config) and not (self.text_tower and self.text_config),
+                   "audio_tower", "give --model_name_or_path, or both --audio_tower and --text_tower (pretrained), "
+                   "or both --audio_config and --text_config (random towers).")
+        for name in ("audio_config", "text_config"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, json.loads(value))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"--{name}: not valid JSON ({error}).") from None
+
+
+@dataclass
+class DataArguments:
+    train_files: list[str] | None = field(default=None, metadata={"help": "Local CSV/TSV/JSON(L)/Parquet training tables (mixed if several)."})
+    train_datasets: list[str] | None = field(default=None, metadata={"help": "Hub dataset ids (or dataset folders) to train on (mixed with train_files)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Config name for the Hub datasets."})
+    train_split: str = field(default="train", metadata={"help": "Split of the Hub training datasets."})
+    train_mix_probabilities: list[float] | None = field(default=None, metadata={"help": "Sampling probabilities when mixing several training sets (default: concatenate)."})
+    eval_file: str | None = field(default=None, metadata={"help": "Held-out table for periodic retrieval evaluation."})
+    eval_dataset: str | None = field(default=None, metadata={"help": "Hub dataset id for evaluation (with eval_split)."})
+    eval_split: str = field(default="validation", metadata={"help": "Split of the Hub evaluation dataset."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many clips."})
+    audio_column: str = field(default="audio", metadata={"help": "Column with audio paths, bytes or Audio features."})
+    caption_column: str = field(default="caption", metadata={"help": "Column with one caption or a list of captions (one is sampled per step)."})
+    max_audio_seconds: float = field(default=30.0, metadata={"help": "Longer training clips are randomly cropped to this length."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the training data (needs --max_steps)."})
+    shuffle_buffer: int = field(default=1000, metadata={"help": "Shuffle buffer size when streaming."})
+    max_bad_sample_fraction: float = field(default=0.05, metadata={"help": "Stop with an error when more than this share of samples is undecodable or empty."})
+    synthetic_demo: bool = field(default=False, metadata={"help": "Generate the synthetic demo dataset under <output_dir>/data and train on it."})
+    synthetic_train_size: int = field(default=600, metadata={"help": "Synthetic training clips."})
+    synthetic_eval_size: int = field(default=100, metadata={"help": "Synthetic held-out clips."})
+
+    def __post_init__(self):
+        _check(0 <= self.max_bad_sample_fraction <= 1, "max_bad_sample_fraction", "must be within [0, 1].")
+        _check(self.max_audio_seconds > 0, "max_audio_seconds", "must be positive.")
+        if not self.synthetic_demo:
+            _check(bool(self.train_files or self.train_datasets), "train_files", "give --train_files, --train_datasets or --synthetic_demo.")
+        for path in self.train_files or []:
+            _check(Path(path).is_file(), "train_files", f"{path!r} does not exist.")
+        if self.eval_file:
+            _check(Path(self.eval_file).is_file(), "eval_file", f"{self.eval_file!r} does not exist.")
+        if self.train_mix_probabilities:
+            _check(abs(sum(self.train_mix_probabilities) - 1) < 1e-6, "train_mix_probabilities", "must sum to 1.")
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = field(default="runs/wavlink", metadata={"help": "Where checkpoints, logs and the final model go."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Pairs per process per step."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Clips per process per evaluation batch."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs (ignored when max_steps is set)."})
+    max_steps: int | None = field(default=None, metadata={"help": "Total optimiser steps (overrides num_train_epochs)."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate (paper: 1e-4)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (never on norms, biases, temperature or the global token)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-6, metadata={"help": "AdamW epsilon."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, constant_with_warmup, ...)."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps spent warming up (paper: 5%)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 disables)."})
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (through Accelerate)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step (adds steps, not negatives)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward to save memory."})
+    group_by_length: bool = field(default=False, metadata={"help": "Batch clips of similar duration together (batch order still shuffled)."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order, crops and caption sampling."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (and at the end) when an eval set is given."})
+    save_steps: int | None = field(default=500, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep the last K checkpoints."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "A checkpoint folder, or 'latest' in output_dir."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes for decoding."})
+    report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker (tensorboard, wandb, ...) or 'none'."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model and processor to the Hub."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repository id for --push_to_hub."})
+    cpu: bool = field(default=False, metadata={"help": "Train on CPU even if a GPU is present."})
+
+    def __post_init__(self):
+        _check(self.mixed_precision in MIXED_PRECISION, "mixed_precision", f"{self.mixed_precision!r} is not one of {MIXED_PRECISION}.")
+        _check(self.per_device_train_batch_size >= 2, "per_device_train_batch_size", "contrastive training needs at least 2.")
+        _check(self.max_steps is None or self.max_steps > 0, "max_steps", "must be positive.")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be within [0, 1).")
+        _check(self.learning_rate > 0, "learning_rate", "must be positive.")
+        _check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1.")
+        _check(self.save_total_limit >= 1, "save_total_limit", "must be >= 1.")
+        _check(not self.push_to_hub or bool(self.hub_model_id), "hub_model_id", "is required with --push_to_hub.")
+        from transformers.trainer_utils import SchedulerType
+
+        allowed = [s.value for s in SchedulerType]
+        _check(self.lr_scheduler_type in allowed, "lr_scheduler_type", f"{self.lr_scheduler_type!r} is not one of {allowed}.")
+
+
+def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
+    """`train.py [config.yaml] [--option value ...]`: YAML values become defaults, flags override them."""
+    import yaml
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainArguments), description=__doc__.split("\n\n")[0])
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        config_path = argv.pop(0)
+        if not Path(config_path).is_file():
+            raise ValueError(f"config file {config_path!r} does not exist.")
+        values = yaml.safe_load(Path(config_path).read_text()) or {}
+        known = {f.name for cls in (ModelArguments, DataArguments, TrainArguments) for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{config_path}: unknown option(s) {unknown}; see `python train.py --help`.")
+        for key in ("audio_config", "text_config"):
+            if isinstance(values.get(key), dict):
+                values[key] = json.dumps(values[key])
+        parser.set_defaults(**values)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def build_model_and_processor(model_args: ModelArguments, captions_for_tokenizer):
+    from transformers import AutoModel, AutoProcessor, WhisperFeatureExtractor
+
+    from configuration_wavlink import WavLinkConfig
+    from modeling_wavlink import WavLinkModel
+    from processing_wavlink import WavLinkProcessor
+    from wavlink.tokenization import build_word_tokenizer
+
+    overrides = {k: v for k, v in dict(
+        loss_type=model_args.loss_type, audio_pooling=model_args.audio_pooling, text_pooling=model_args.text_pooling,
+        matryoshka_dims=model_args.matryoshka_dims).items() if v is not None}
+    if model_args.model_name_or_path:
+        model = AutoModel.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, dtype=torch.float32)
+        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+        return model, processor
+    if model_args.audio_tower and model_args.text_tower:
+        model = WavLinkModel.from_towers(model_args.audio_tower, model_args.text_tower, model_args.projection_dim, **overrides)
+        processor = WavLinkProcessor.from_towers(model_args.audio_tower, model_args.text_tower)
+        return model, processor
+    # Random towers (the offline demo): a Whisper-shaped audio tower and a tokenizer built from the captions.
+    tokenizer = build_word_tokenizer(captions_for_tokenizer)
+    text_config = dict(model_args.text_config)
+    text_config.setdefault("model_type", "bert")
+    text_config.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    text_config.setdefault("max_position_embeddings", tokenizer.model_max_length)
+    config = WavLinkConfig(audio_config=model_args.audio_config, text_config=text_config,
+                           projection_dim=model_args.projection_dim or 512, **overrides)
+    model = WavLinkModel(config)
+    extractor = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins, return_attention_mask=False)
+    return model, WavLinkProcessor(extractor, tokenizer)
+
+
+def lora_target_modules(model, model_args: ModelArguments) -> str:
+    """A regex over module names: LoRA on the attention projections of the towers in scope."""
+    if model_args.lora_target_modules:
+        names = model_args.lora_target_modules
+        towers = ["audio_model"] + (["text_model"] if model_args.train_towers == "both" else [])
+    else:
+        names = list(LORA_TARGETS["whisper"])
+        towers = ["audio_model"]
+        if model_args.train_towers == "both":
+            names += LORA_TARGETS.get(model.config.text_config.model_type, LORA_TARGETS_BERT_LIKE)
+            towers.append("text_model")
+    return rf"^({'|'.join(towers)})\..*\.({'|'.join(sorted(set(names)))})$"
+
+
+def apply_regime(model, model_args: ModelArguments):
+    """Freeze or wrap the model for the chosen regime; returns the model to train."""
+    if model_args.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        present = [name for name in WAVLINK_HEADS if getattr(model, name, None) is not None]
+        config = LoraConfig(r=model_args.lora_rank, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                            target_modules=lora_target_modules(model, model_args), modules_to_save=present)
+        return get_peft_model(model, config)
+    if model_args.finetune == "projector":
+        model.audio_model.requires_grad_(False)
+        model.text_model.requires_grad_(False)
+    elif model_args.train_towers == "audio":
+        model.text_model.requires_grad_(False)
+    # Whisper keeps its sinusoidal positions fixed whatever the regime.
+    model.audio_model.embed_positions.requires_grad_(False)
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def parameter_groups(model, weight_decay: float):
+    """Weight decay on matrices only: never on norms, biases, the temperature/bias or the global token."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "logit_head" in name or "global_token" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def load_tables(data_args: DataArguments, output_dir: str, accelerator):
+    from wavlink.data import combine_tables, load_caption_table
+
+    train_files = list(data_args.train_files or [])
+    eval_file = data_args.eval_file
+    if data_args.synthetic_demo:
+        from wavlink.synthetic import generate_dataset
+
+        data_dir = Path(output_dir) / "data"
+        if accelerator.is_main_process:
+            generate_dataset(data_dir, data_args.synthetic_train_size, data_args.synthetic_eval_size, seed=0)
+        accelerator.wait_for_everyone()
+        paths = generate_dataset(data_dir, data_args.synthetic_train_size, data_args.synthetic_eval_size, seed=0)
+        train_files.append(str(paths["train"]))
+        eval_file = eval_file or str(paths["eval"])
+    columns = dict(audio_column=data_args.audio_column, caption_column=data_args.caption_column)
+    tables = [load_caption_table(f, streaming=data_args.streaming, **columns) for f in train_files]
+    tables += [load_caption_table(d, split=data_args.train_split, dataset_config=data_args.dataset_config,
+                                  streaming=data_args.streaming, **columns) for d in data_args.train_datasets or []]
+    train = combine_tables(tables, data_args.train_mix_probabilities)
+    evaluation = None
+    if eval_file or data_args.eval_dataset:
+        source = eval_file or data_args.eval_dataset
+        evaluation = load_caption_table(source, split=data_args.eval_split, dataset_config=data_args.dataset_config, **columns)
+        if data_args.max_eval_samples:
+            evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
+    return train, evaluation
+
+
+def eval_clips_and_captions(table):
+    from wavlink.data import describe_row, parse_captions
+
+    clips, captions = [], []
+    for index, row in enumerate(table):
+        clips.append(row["audio"])
+        captions.append(parse_captions(row["caption"], describe_row(index, row["audio"])))
+    return clips, captions
+
+
+def sample_captions(table, limit: int = 20000) -> list[str]:
+    """Captions to build a demo tokenizer from (every phrasing in the first `limit` rows)."""
+    from wavlink.data import parse_captions
+
+    captions = []
+    for index, row in enumerate(table.select_columns(["caption"])):
+        if index >= limit:
+            break
+        try:
+            captions.extend(parse_captions(row["caption"], f"row {index}"))
+        except ValueError:
+            continue
+    return captions
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+class TrainerState:
+    """Progress saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
+
+    def __init__(self):
+        self.step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self.samples_seen = 0
+        self.bad_samples = 0
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def list_checkpoints(output_dir) -> list[Path]:
+    """Complete checkpoints, oldest first (an interrupted save leaves only a `.tmp` folder, which is ignored)."""
+    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted((p for p in folders if (p / "trainer_state.json").exists()), key=lambda p: int(p.name.split("-")[-1]))
+
+
+def save_checkpoint(accelerator, output_dir, state: TrainerState, keep: int) -> Path:
+    """Write `checkpoint-<step>` atomically: save into a temporary folder, then rename. A crash mid-save leaves
+    the previous checkpoint untouched; the oldest beyond `keep` are removed only after the new one is whole."""
+    final = Path(output_dir) / f"checkpoint-{state.step}"
+    partial = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        (partial / "trainer_state.json").write_text(json.dumps(state.state_dict()))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume(path: str | None, output_dir: str) -> Path | None:
+    if not path:
+        return None
+    if path == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    if not (Path(path) / "trainer_state.json").exists():
+        raise ValueError(f"--resume_from_checkpoint: {path!r} is not a complete checkpoint folder.")
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def gather_with_grad(tensor: torch.Tensor, accelerator) -> torch.Tensor:
+    """All-gather that carries gradients back to every process (accelerator.gather does not)."""
+    if accelerator.num_processes == 1:
+        return tensor
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(tensor.contiguous()), dim=0)
+
+
+def contrastive_step_loss(model, batch, accelerator, loss_type, dims):
+    from modeling_wavlink import matryoshka_contrastive_loss
+
+    outputs = model(**batch)
+    audio, text = outputs.audio_embeds.float(), outputs.text_embeds.float()
+    world = accelerator.num_processes
+    all_audio = gather_with_grad(audio, accelerator) if world > 1 else None
+    all_text = gather_with_grad(text, accelerator) if world > 1 else None
+    loss = matryoshka_contrastive_loss(audio, text, outputs.logit_scale.float(),
+                                       None if outputs.logit_bias is None else outputs.logit_bias.float(),
+                                       loss_type, dims, all_audio, all_text, offset=accelerator.process_index * audio.shape[0])
+    return loss, outputs.logit_scale.detach()
+
+
+def run_evaluation(model, processor, eval_data, accelerator, batch_size, dims):
+    from wavlink.evaluation import evaluate_retrieval
+
+    clips, captions = eval_data
+    was_training = model.training
+    model.eval()
+    results = evaluate_retrieval(model, processor, clips, captions, accelerator=accelerator, batch_size=batch_size, dims=dims)
+    model.train(was_training)
+    flat = {}
+    for dim, metrics in results.items():
+        for name in ("t2a_R@1", "t2a_R@5", "t2a_R@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "t2a_mAP@10", "a2t_mAP@10"):
+            flat[f"eval/{name}@{dim}"] = metrics[name]
+    return results, flat
+
+
+class JsonlLogger:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def __call__(self, record: dict):
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def train(argv=None):
+    """Run training; returns `(unwrapped_model, processor, final_dir)`."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from wavlink.data import AudioCaptionCollator, AudioCaptionDataset, LengthGroupedBatchSampler, StreamingAudioCaptionDataset
+
+    model_args, data_args, args = parse_args(argv)  # every option is validated here, before any weights load
+    if data_args.streaming and not args.max_steps:
+        raise ValueError("--streaming needs --max_steps (a stream has no length to count epochs by).")
+    if data_args.streaming and args.group_by_length:
+        raise ValueError("--group_by_length needs durations of the whole set and does not work with --streaming.")
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu,
+        log_with=None if args.report_to == "none" else args.report_to, project_dir=str(output_dir),
+        # Streaming shards are read by each process itself; batches are never dispatched from process 0.
+        dataloader_config=DataLoaderConfiguration(dispatch_batches=False if data_args.streaming else None),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
+
+    train_table, eval_table = load_tables(data_args, args.output_dir, accelerator)
+    needs_tokenizer = model_args.model_name_or_path is None and model_args.text_config is not None
+    model, processor = build_model_and_processor(model_args, sample_captions(train_table) if needs_tokenizer else None)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_regime(model, model_args)
+    base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    trainable, total = count_parameters(model)
+    logger.info("regime=%s towers=%s: %s trainable of %s parameters (%.2f%%)", model_args.finetune,
+                model_args.train_towers, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+    collate = AudioCaptionCollator(processor)
+    if data_args.streaming:
+        from datasets.distributed import split_dataset_by_node
+
+        shard = split_dataset_by_node(train_table, rank=accelerator.process_index, world_size=accelerator.num_processes)
+        dataset = StreamingAudioCaptionDataset(shard, data_args.max_audio_seconds, args.seed, data_args.shuffle_buffer)
+        loader = DataLoader(dataset, batch_size=args.per_device_train_batch_size, collate_fn=collate,
+                            num_workers=args.dataloader_num_workers, drop_last=True)
+        batch_sampler, steps_per_epoch = None, None
+    else:
+        dataset = AudioCaptionDataset(train_table, data_args.max_audio_seconds, args.seed)
+        lengths = dataset.durations() if args.group_by_length else [0.0] * len(dataset)
+        # Global batches are drawn by one sampler and dealt to processes batch by batch, so the data order is the
+        # same for any number of processes.
+        batch_sampler = LengthGroupedBatchSampler(lengths, args.per_device_train_batch_size, args.seed, args.group_by_length)
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=args.dataloader_num_workers)
+        steps_per_epoch = len(batch_sampler) // accelerator.num_processes // args.gradient_accumulation_steps
+        if steps_per_epoch == 0:
+            raise ValueError(f"the training set ({len(dataset)} rows) is smaller than one global batch "
+                             f"({args.per_device_train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} accumulation).")
+    max_steps = args.max_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
+
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps),
+                              num_training_steps=max_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    state = TrainerState()
+    accelerator.register_for_checkpointing(state)
+
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        logger.info("resumed from %s at step %d", resume, state.step)
+    elif args.resume_from_checkpoint == "latest":
+        logger.info("no checkpoint in %s yet; starting from scratch", args.output_dir)
+
+    eval_data = eval_clips_and_captions(eval_table) if eval_table is not None else None
+    dims = base_model.config.matryoshka_dims
+    loss_type = base_model.config.loss_type
+    if accelerator.is_main_process:
+        run_config = {**asdict(model_args), **asdict(data_args), **asdict(args)}
+        accelerator.init_trackers("wavlink", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in run_config.items()})
+    log_jsonl = JsonlLogger(output_dir / "log.jsonl", accelerator.is_main_process)
+
+    model.train()
+    progress = tqdm(total=max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
+    window_start, window_samples, window_loss, window_micro = time.perf_counter(), 0, 0.0, 0
+    last_results = None
+    while state.step < max_steps:
+        if batch_sampler is not None:
+            batch_sampler.set_epoch(state.epoch)
+            dataset.set_epoch(state.epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+        else:
+            epoch_loader = loader
+        for batch in epoch_loader:
+            num_bad, num_samples = batch.pop("num_bad"), batch.pop("num_samples")
+            with accelerator.accumulate(model):
+                loss, logit_scale = contrastive_step_loss(model, batch, accelerator, loss_type, dims)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state.batches_in_epoch += 1
+            totals = accelerator.reduce(torch.stack([num_bad, num_samples]).to(accelerator.device), reduction="sum")
+            state.bad_samples += int(totals[0])
+            state.samples_seen += int(totals[1])
+            window_samples += int(totals[1]) - int(totals[0])
+            window_loss += loss.detach().item()
+            window_micro += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            progress.update(1)
+            check_bad_fraction(state, data_args.max_bad_sample_fraction)
+            if state.step % args.logging_steps == 0 or state.step == max_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": state.step, "epoch": state.epoch, "loss": window_loss / window_micro,
+                          "lr": scheduler.get_last_lr()[0], "samples_per_second": window_samples / elapsed,
+                          "logit_scale": float(logit_scale), "bad_samples": state.bad_samples}
+                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_second']:.1f}")
+                accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
+                log_jsonl(record)
+                window_start, window_samples, window_loss, window_micro = time.perf_counter(), 0, 0.0, 0
+            if eval_data and args.eval_steps and state.step % args.eval_steps == 0 and state.step != max_steps:
+                last_results = evaluate_and_log(accelerator, model, processor, eval_data, args, dims, state, log_jsonl)
+            if args.save_steps and state.step % args.save_steps == 0:
+                save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
+            if state.step >= max_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    progress.close()
+
+    if eval_data:
+        last_results = evaluate_and_log(accelerator, model, processor, eval_data, args, dims, state, log_jsonl)
+    final_dir = save_final(accelerator, model, processor, model_args, output_dir)
+    if args.push_to_hub and accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.push_to_hub(args.hub_model_id)
+        processor.push_to_hub(args.hub_model_id)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        report(last_results, final_dir, state)
+    return accelerator.unwrap_model(model), processor, final_dir
+
+
+def check_bad_fraction(state: TrainerState, limit: float, minimum_seen: int = 50) -> None:
+    if state.samples_seen >= minimum_seen and state.bad_samples > limit * state.samples_seen:
+        raise RuntimeError(
+            f"{state.bad_samples} of {state.samples_seen} samples ({100 * state.bad_samples / state.samples_seen:.1f}%) "
+            f"could not be used, more than --max_bad_sample_fraction={limit}. The log names the bad files."
+        )
+
+
+def evaluate_and_log(accelerator, model, processor, eval_data, args, dims, state, log_jsonl):
+    results, flat = run_evaluation(accelerator.unwrap_model(model), processor, eval_data, accelerator,
+                                   args.per_device_eval_batch_size, dims)
+    accelerator.log(flat, step=state.step)
+    log_jsonl({"step": state.step, **flat})
+    return results
+
+
+def save_final(accelerator, model, processor, model_args: ModelArguments, output_dir: Path) -> Path:
+    """Save the final model and processor so `AutoModel`/`AutoProcessor.from_pretrained(..., trust_remote_code=True)`
+    load them. LoRA runs save the adapter (with the trained WavLink heads) and, with --merge_lora, the merged model."""
+    accelerator.wait_for_everyone()
+    final_dir = output_dir / "final"
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        unwrapped.save_pretrained(final_dir)
+        processor.save_pretrained(final_dir)
+        if model_args.finetune == "lora":
+            base = {"model_name_or_path": model_args.model_name_or_path, "audio_tower": model_args.audio_tower,
+                    "text_tower": model_args.text_tower, "config": unwrapped.get_base_model().config.to_diff_dict()}
+            (final_dir / "wavlink_base.json").write_text(json.dumps(base, indent=2, default=str))
+            if model_args.merge_lora:
+                import copy
+
+                merged = copy.deepcopy(unwrapped).merge_and_unload()
+                merged.save_pretrained(final_dir / "merged")
+                processor.save_pretrained(final_dir / "merged")
+    accelerator.wait_for_everyone()
+    return final_dir
+
+
+def report(results, final_dir: Path, state: TrainerState) -> None:
+    lines = [f"Training finished at step {state.step} ({state.samples_seen} samples, {state.bad_samples} skipped as bad)."]
+    if results:
+        lines.append("Held-out retrieval (percent):")
+        lines.append("| dim | t2a R@1 | t2a R@5 | t2a R@10 | a2t R@1 | a2t R@5 | a2t R@10 |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for dim, m in results.items():
+            lines.append(f"| {dim} | {m['t2a_R@1']:.1f} | {m['t2a_R@5']:.1f} | {m['t2a_R@10']:.1f} | "
+                         f"{m['a2t_R@1']:.1f} | {m['a2t_R@5']:.1f} | {m['a2t_R@10']:.1f} |")
+    lines.append(f"Model and processor saved to {final_dir.resolve()}")
+    print("\n".join(lines), flush=True)
+
+
+def main(argv=None) -> int:
+    try:
+        train(argv)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Embedding many clips and captions efficiently, and retrieval evaluation at every Matryoshka dim.
+
+Every clip and caption is embedded once, in batches ordered by length (little padding), under `inference_mode`.
+With an `Accelerator`, batches are split across processes and the embeddings collected with `gather_for_metrics`;
+each item carries its index, so the padding accelerate adds to even out processes is dropped exactly.
+"""
+
+import contextlib
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from processing_wavlink import load_audio
+
+from .metrics import retrieval_metrics
+
+SAMPLE_RATE = 16000
+
+
+def clip_duration(clip) -> float:
+    """Seconds of audio in `clip` from its file header when possible (no decode); 0 when unknown."""
+    import soundfile
+
+    path = clip if isinstance(clip, (str, os.PathLike)) else clip.get("path") if isinstance(clip, dict) else None
+    if isinstance(clip, dict) and clip.get("array") is not None:
+        return len(clip["array"]) / clip["sampling_rate"]
+    if path is None:
+        return 0.0
+    try:
+        info = soundfile.info(path)
+    except Exception:
+        return 0.0
+    return info.frames / info.samplerate
+
+
+def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
+    order = np.argsort(-np.asarray(lengths, dtype=np.float64), kind="stable")
+    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+class _IndexedItems(Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return index, self.items[index]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _embed(model, items, batches, make_inputs, features_fn, accelerator, desc, progress, autocast_dtype):
+    def collate(pairs):
+        indices = torch.tensor([p[0] for p in pairs])
+        return indices, make_inputs([p[1] for p in pairs], indices)
+
+    loader = DataLoader(_IndexedItems(items), batch_sampler=batches, collate_fn=collate)
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader, device_placement=False)
+    device = next(model.parameters()).device
+    is_main = accelerator is None or accelerator.is_main_process
+    all_indices, all_embeds = [], []
+    with torch.inference_mode():
+        for indices, inputs in tqdm(loader, desc=desc, disable=not (progress and is_main), leave=False):
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            with _autocast(device, autocast_dtype):
+                embeds = features_fn(**inputs).pooler_output.float()
+            indices = indices.to(device)
+            if accelerator is not None:
+                indices, embeds = accelerator.gather_for_metrics((indices, embeds))
+            all_indices.append(indices.cpu())
+            all_embeds.append(embeds.cpu())
+    indices, embeds = torch.cat(all_indices), torch.cat(all_embeds)
+    result = torch.zeros(len(items), embeds.shape[1])
+    seen = torch.zeros(len(items), dtype=torch.bool)
+    result[indices], seen[indices] = embeds, True
+    if not bool(seen.all()):
+        raise RuntimeError(f"{int((~seen).sum())} items were not embedded; this is a bug in batching.")
+    return result.numpy()
+
+
+def embed_clips(model, processor, clips, batch_size=16, accelerator=None, progress=True, autocast_dtype=None, durations=None):
+    """`(len(clips), d)` L2-normalised audio embeddings at full width; clips are anything the processor accepts.
+    Raises `ValueError` naming the clip (index and path) that cannot be decoded."""
+    durations = [clip_duration(c) for c in clips] if durations is None else durations
+
+    def make_inputs(batch, indices):
+        waveforms = [load_audio(c, None, SAMPLE_RATE, name=_name(c, int(i))) for c, i in zip(batch, indices)]
+        return dict(processor(audio=waveforms, sampling_rate=SAMPLE_RATE))
+
+    return _embed(model, clips, length_sorted_batches(durations, batch_size), make_inputs, model.get_audio_features,
+                  accelerator, "audio", progress, autocast_dtype)
+
+
+def embed_texts(model, processor, texts, batch_size=64, accelerator=None, progress=True, autocast_dtype=None):
+    """`(len(texts), d)` L2-normalised text embeddings at full width."""
+    lengths = [len(ids) for ids in processor.tokenizer(list(texts), truncation=True)["input_ids"]]
+
+    def make_inputs(batch, indices):
+        return dict(processor(text=list(batch)))
+
+    return _embed(model, list(texts), length_sorted_batches(lengths, batch_size), make_inputs, model.get_text_features,
+                  accelerator, "text", progress, autocast_dtype)
+
+
+def _name(clip, index):
+    if isinstance(clip, (str, os.PathLike)):
+        return f"clip {index} ({os.fspath(clip)})"
+    if isinstance(clip, dict) and clip.get("path"):
+        return f"clip {index} ({clip['path']})"
+    return f"clip {index}"
+
+
+def at_dim(embeds: np.ndarray, dim: int) -> np.ndarray:
+    """Truncate to a Matryoshka prefix and re-normalise."""
+    return F.normalize(torch.from_numpy(embeds[:, :dim]), dim=-1).numpy()
+
+
+def retrieval_at_dims(audio_embeds, text_embeds, caption_to_clip, dims) -> dict[int, dict[str, float]]:
+    """Retrieval metrics (see `metrics.retrieval_metrics`) for each Matryoshka dim."""
+    return {
+        int(dim): retrieval_metrics(at_dim(text_embeds, dim) @ at_dim(audio_embeds, dim).T, caption_to_clip)
+        for dim in dims
+    }
+
+
+def evaluate_retrieval(model, processor, clips, captions, accelerator=None, batch_size=16, progress=True,
+                       autocast_dtype=None, dims=None) -> dict[int, dict[str, float]]:
+    """Embed `clips` and their captions (`captions[i]` is a list of 1..N captions for clip i) once, then score
+    both retrieval directions at every Matryoshka dim."""
+    if len(clips) != len(captions):
+        raise ValueError(f"{len(clips)} clips but {len(captions)} caption lists.")
+    flat, caption_to_clip = [], []
+    for clip_index, clip_captions in enumerate(captions):
+        if not clip_captions:
+            raise ValueError(f"clip {clip_index} ({clips[clip_index]}) has no caption.")
+        flat.extend(clip_captions)
+        caption_to_clip.extend([clip_index] * len(clip_captions))
+    audio = embed_clips(model, processor, clips, batch_size, accelerator, progress, autocast_dtype)
+    text = embed_texts(model, processor, flat, batch_size * 4, accelerator, progress, autocast_dtype)
+    return retrieval_at_dims(audio, text, np.asarray(caption_to_clip), dims or model.config.matryoshka_dims)
