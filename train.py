@@ -134,7 +134,7 @@ class TrainArguments:
     adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2."})
     adam_epsilon: float = field(default=1e-6, metadata={"help": "AdamW epsilon."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, constant_with_warmup, ...)."})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps spent warming up (paper: 5%)."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps spent warming up (paper: 5%%)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 disables)."})
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (through Accelerate)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step (adds steps, not negatives)."})
@@ -527,6 +527,10 @@ def train(argv=None):
     last_results = None
     while state.step < max_steps:
         if batch_sampler is not None:
+            # accelerate re-applies its loader's own epoch counter to sampler and dataset on every iteration (and a
+            # skipping loader inherits it), so set it first; a sampler wrapped for several processes is not reached
+            # by it, so set that directly as well.
+            loader.set_epoch(state.epoch)
             batch_sampler.set_epoch(state.epoch)
             dataset.set_epoch(state.epoch)
             epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
@@ -558,7 +562,8 @@ def train(argv=None):
                 elapsed = time.perf_counter() - window_start
                 record = {"step": state.step, "epoch": state.epoch, "loss": window_loss / window_micro,
                           "lr": scheduler.get_last_lr()[0], "samples_per_second": window_samples / elapsed,
-                          "logit_scale": float(logit_scale), "bad_samples": state.bad_samples}
+                          "logit_scale": float(logit_scale), "bad_samples": state.bad_samples,
+                          "num_processes": accelerator.num_processes}
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_second']:.1f}")
                 accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
                 log_jsonl(record)

@@ -1,0 +1,342 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+from conftest import ROOT
+from safetensors.torch import load_file
+
+import train
+from wavlink.data import AudioCaptionDataset, LengthGroupedBatchSampler, load_caption_table, parse_captions
+from wavlink.synthetic import generate_dataset
+
+TINY = {
+    "audio_config": {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                     "decoder_layers": 1, "decoder_attention_heads": 2, "decoder_ffn_dim": 32, "dropout": 0.0},
+    "text_config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                    "intermediate_size": 64, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    "projection_dim": 16,
+    "max_audio_seconds": 2.0,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 16,
+    "learning_rate": 1e-3,
+    "logging_steps": 1,
+    "report_to": "none",
+    "seed": 7,
+}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("synthetic"), num_train=64, num_eval=20, seed=1)
+
+
+def write_config(path: Path, synthetic, **overrides) -> str:
+    values = {**TINY, "train_files": [str(synthetic["train"])], "eval_file": str(synthetic["eval"]), **overrides}
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def initial_state(config, synthetic) -> dict[str, torch.Tensor]:
+    """The model a run starts from: train.py seeds before building it, so the same seed rebuilds it."""
+    from accelerate.utils import set_seed
+
+    model_args, _, args = train.parse_args([config])
+    set_seed(args.seed)
+    captions = train.sample_captions(load_caption_table(str(synthetic["train"])))
+    return train.build_model_and_processor(model_args, captions)[0].state_dict()
+
+
+def read_log(output_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(output_dir) / "log.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--finetune", "everything"], "--finetune"),
+        (["--loss_type", "triplet"], "--loss_type"),
+        (["--mixed_precision", "fp8"], "--mixed_precision"),
+        (["--per_device_train_batch_size", "1"], "--per_device_train_batch_size"),
+        (["--train_files", "/does/not/exist.csv"], "--train_files"),
+        (["--audio_tower", "x"], "--audio_tower"),
+        (["--push_to_hub", "true"], "--hub_model_id"),
+    ],
+)
+def test_wrong_values_fail_before_weights_load_naming_the_option(tmp_path, synthetic, flags, needle, monkeypatch):
+    config = write_config(tmp_path / "c.yaml", synthetic)
+    monkeypatch.setattr(train, "build_model_and_processor", lambda *a: pytest.fail("weights loaded before validation"))
+    with pytest.raises(ValueError, match=needle):
+        train.train([config, "--output_dir", str(tmp_path / "out"), *flags])
+
+
+def test_unknown_yaml_key_is_named(tmp_path, synthetic):
+    config = write_config(tmp_path / "c.yaml", synthetic, learnig_rate=1.0)
+    with pytest.raises(ValueError, match="learnig_rate"):
+        train.parse_args([config])
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for cls in (train.ModelArguments, train.DataArguments, train.TrainArguments):
+        for f in cls.__dataclass_fields__.values():
+            assert f"--{f.name}" in text and f.metadata.get("help"), f.name
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_caption_cells():
+    assert parse_captions('["a dog", "a barking dog"]', "row 0") == ["a dog", "a barking dog"]
+    assert parse_captions(["x", " ", "y"], "row 0") == ["x", "y"]
+    assert parse_captions("rain on a roof", "row 0") == ["rain on a roof"]
+    with pytest.raises(ValueError, match="row 3: no caption"):
+        parse_captions("  ", "row 3")
+
+
+def test_length_grouped_batches_cover_the_set_and_cut_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.uniform(1, 8, size=2000)
+    grouped = LengthGroupedBatchSampler(lengths, 16, seed=3, group_by_length=True)
+    plain = LengthGroupedBatchSampler(lengths, 16, seed=3, group_by_length=False)
+    for sampler in (grouped, plain):
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 125 and all(len(b) == 16 for b in batches)
+        assert sorted(i for b in batches for i in b) == list(range(2000))
+    padded = lambda s: np.mean([lengths[b].max() for b in s])  # noqa: E731
+    assert padded(grouped) < 0.8 * padded(plain)
+    first = list(grouped)
+    grouped.set_epoch(1)
+    assert list(grouped) != first
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path):
+    good = tmp_path / "good.wav"
+    soundfile.write(good, np.sin(np.arange(16000) / 5).astype(np.float32) * 0.3, 16000)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF....WAVEjunk")
+    (tmp_path / "table.csv").write_text("audio,caption\ngood.wav,a tone\ncorrupt.wav,broken\nmissing.wav,gone\ngood.wav,again\n")
+    dataset = AudioCaptionDataset(load_caption_table(str(tmp_path / "table.csv")), max_seconds=0.5)
+    item = dataset[1]
+    assert item["bad"] == 2 and "corrupt.wav" in item["errors"][0] and "missing.wav" in item["errors"][1]
+    assert item["caption"] == "again" and len(item["waveform"]) == 8000  # cropped to 0.5 s
+
+
+def test_missing_column_is_named(tmp_path):
+    (tmp_path / "t.csv").write_text("file,text\na.wav,x\n")
+    with pytest.raises(ValueError, match="audio_column='audio' is not a column; available columns: \\['file', 'text'\\]"):
+        load_caption_table(str(tmp_path / "t.csv"))
+
+
+def test_too_many_bad_samples_stop_the_run(tmp_path):
+    (tmp_path / "audio").mkdir()
+    rows = ["audio,caption"]
+    for i in range(40):
+        name = f"audio/{i}.wav"
+        if i % 3 == 0:
+            (tmp_path / name).write_bytes(b"not audio")
+        else:
+            soundfile.write(tmp_path / name, np.random.default_rng(i).standard_normal(8000).astype(np.float32) * 0.1, 16000)
+        rows.append(f"{name},clip {i}")
+    (tmp_path / "t.csv").write_text("\n".join(rows))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "train_files": [str(tmp_path / "t.csv")], "max_steps": 20, "save_steps": None}))
+    with pytest.raises(RuntimeError, match="max_bad_sample_fraction"):
+        train.train([str(config), "--output_dir", str(tmp_path / "out")])
+    train.train([str(config), "--output_dir", str(tmp_path / "out2"), "--max_bad_sample_fraction", "0.6", "--max_steps", "3"])
+    assert read_log(tmp_path / "out2")[-1]["bad_samples"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def test_tiny_end_to_end_run(tmp_path, synthetic, capsys):
+    from transformers import AutoModel, AutoProcessor
+
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=6, eval_steps=3, save_steps=3, group_by_length=True)
+    model, processor, final = train.train([config, "--output_dir", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert "Held-out retrieval" in out and str(final.resolve()) in out
+    log = read_log(tmp_path / "run")
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(r["loss"]) for r in steps)
+    assert any("eval/t2a_R@1@16" in r and "eval/a2t_R@10@2" in r for r in log)
+    assert steps[0]["lr"] > steps[-1]["lr"]  # cosine decay after warmup
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    reloaded = AutoModel.from_pretrained(final, trust_remote_code=True).eval()
+    reloaded_processor = AutoProcessor.from_pretrained(final, trust_remote_code=True)
+    batch = reloaded_processor(audio=[str(Path(synthetic["train"]).parent / "audio" / "train_00000_tone.wav")], text=["a tone"])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).audio_embeds, model.eval()(**batch).audio_embeds)
+
+
+def test_projector_only_leaves_towers_bit_identical(tmp_path, synthetic):
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=3, finetune="projector", save_steps=None)
+    torch.manual_seed(0)
+    model, _, final = train.train([config, "--output_dir", str(tmp_path / "run")])
+    initial_state_dict = initial_state(config, synthetic)
+    trained = weights(final)
+    for name, value in trained.items():
+        if name.startswith(("audio_model.", "text_model.")):
+            assert torch.equal(value, initial_state_dict[name]), name
+    assert not torch.equal(trained["audio_projection.weight"], initial_state_dict["audio_projection.weight"])
+
+
+def test_lora_adapter_save_and_reload_gives_identical_embeddings(tmp_path, synthetic):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    base_config = write_config(tmp_path / "base.yaml", synthetic, max_steps=1, save_steps=None)
+    train.train([base_config, "--output_dir", str(tmp_path / "base")])
+    lora_config = write_config(tmp_path / "lora.yaml", synthetic, max_steps=3, save_steps=None, finetune="lora",
+                               lora_rank=4, model_name_or_path=str(tmp_path / "base" / "final"), merge_lora=True)
+    for key in ("audio_config", "text_config"):
+        cfg = yaml.safe_load(Path(lora_config).read_text())
+        cfg.pop(key)
+        Path(lora_config).write_text(yaml.safe_dump(cfg))
+    model, processor, final = train.train([lora_config, "--output_dir", str(tmp_path / "lora")])
+    assert (final / "adapter_model.safetensors").exists() and (final / "adapter_config.json").exists()
+    saved = load_file(str(final / "adapter_model.safetensors"))
+    assert any("lora_A" in k for k in saved) and any("audio_global_token" in k for k in saved) and any("logit_head" in k for k in saved)
+    base = AutoModel.from_pretrained(tmp_path / "base" / "final", trust_remote_code=True)
+    reloaded = PeftModel.from_pretrained(base, final).eval()
+    batch = processor(audio=[str(Path(synthetic["eval"]).parent / "audio" / f"eval_0000{i}_tone.wav") for i in (0, 5)],
+                      text=["a tone", "noise"])
+    with torch.no_grad():
+        expected = model.eval()(**batch)
+        got = reloaded(**batch)
+        merged = AutoModel.from_pretrained(final / "merged", trust_remote_code=True).eval()(**batch)
+    torch.testing.assert_close(got.audio_embeds, expected.audio_embeds, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.text_embeds, expected.text_embeds, rtol=0, atol=1e-6)
+    torch.testing.assert_close(merged.audio_embeds, expected.audio_embeds, rtol=0, atol=1e-5)
+    # the heads really trained (they are not frozen beside the adapters)
+    base_weights = weights(tmp_path / "base" / "final")
+    trained_heads = reloaded.base_model.model
+    assert not torch.equal(trained_heads.logit_head.modules_to_save["default"].logit_scale.detach(), base_weights["logit_head.logit_scale"])
+    assert not torch.equal(trained_heads.audio_global_token.modules_to_save["default"].embedding.detach(),
+                           base_weights["audio_global_token.embedding"])
+
+
+def test_atomic_checkpoint_survives_a_crash_mid_save(tmp_path, synthetic, monkeypatch):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(2, 2)
+    model = accelerator.prepare(model)
+    state = train.TrainerState()
+    state.step = 1
+    train.save_checkpoint(accelerator, tmp_path, state, keep=2)
+
+    def crash(folder, **kwargs):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(accelerator, "save_state", crash)
+    state.step = 2
+    with pytest.raises(OSError):
+        train.save_checkpoint(accelerator, tmp_path, state, keep=2)
+    assert [p.name for p in train.list_checkpoints(tmp_path)] == ["checkpoint-1"]
+    assert train.resolve_resume("latest", tmp_path).name == "checkpoint-1"
+    assert not (tmp_path / "checkpoint-2").exists()
+
+
+def test_kill_and_resume_continues_exactly(tmp_path, synthetic):
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=24, save_steps=2, save_total_limit=2, eval_file=None,
+                          warmup_ratio=0.2, group_by_length=True)
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    train.train([config, "--output_dir", str(reference_dir), "--save_total_limit", "20"])
+    # Resuming mid-epoch (8 steps per epoch; step 12 is half-way through the second) continues exactly.
+    _, _, mid_epoch = train.train([config, "--output_dir", str(tmp_path / "mid"),
+                                   "--resume_from_checkpoint", str(reference_dir / "checkpoint-12")])
+    for name, value in weights(reference_dir / "final").items():
+        torch.testing.assert_close(weights(mid_epoch)[name], value, rtol=0, atol=1e-6)
+
+    command = [sys.executable, str(ROOT / "train.py"), config, "--output_dir", str(killed_dir)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (killed_dir / "checkpoint-4" / "trainer_state.json").exists():
+            assert process.poll() is None and time.time() < deadline, "run ended before it could be killed"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not (killed_dir / "final").exists(), "the run finished before the kill; the test proves nothing"
+    resumed_from = train.list_checkpoints(killed_dir)[-1]
+    _, _, final = train.train([config, "--output_dir", str(killed_dir), "--resume_from_checkpoint", "latest"])
+
+    reference_log = {r["step"]: r for r in read_log(reference_dir) if "loss" in r}
+    resumed_log = {r["step"]: r for r in read_log(killed_dir) if "loss" in r}
+    first_resumed = int(resumed_from.name.split("-")[1]) + 1
+    for step in range(first_resumed, 25):
+        assert resumed_log[step]["lr"] == pytest.approx(reference_log[step]["lr"], rel=1e-12)
+        assert resumed_log[step]["loss"] == pytest.approx(reference_log[step]["loss"], rel=1e-5)
+    expected, got = weights(reference_dir / "final"), weights(final)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", ["clip", "siglip"])
+def test_two_processes_match_one_process_on_the_global_batch(tmp_path, synthetic, loss_type):
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=2, save_steps=None, eval_file=None,
+                          loss_type=loss_type, weight_decay=0.0, warmup_ratio=0.0, lr_scheduler_type="constant")
+    single = tmp_path / "single"
+    train.train([config, "--output_dir", str(single), "--per_device_train_batch_size", "8"])
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", str(_free_port()), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = subprocess.run(launcher + [str(ROOT / "train.py"), config, "--output_dir", str(tmp_path / "double"),
+                                        "--per_device_train_batch_size", "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    double_log = [r for r in read_log(tmp_path / "double") if "loss" in r]
+    single_log = [r for r in read_log(single) if "loss" in r]
+    # the loss each process reports is its local share; it averages to the single-process loss
+    assert len(double_log) == len(single_log) == 2
+    assert double_log[0]["num_processes"] == 2 and single_log[0]["num_processes"] == 1
+    expected, got = weights(single / "final"), weights(tmp_path / "double" / "final")
+    initial = initial_state(config, synthetic)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=2e-6)
+    for name in ("audio_global_token.embedding", "audio_projection.weight", "audio_model.layers.0.fc1.weight"):
+        assert (expected[name] - initial[name]).abs().max() > 1e-4, f"{name} did not train; the comparison proves nothing"
+
+
+@pytest.mark.fixtures
+def test_short_run_on_real_fixture_towers(tmp_path, synthetic, fixtures):
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=2, save_steps=None, per_device_train_batch_size=4,
+                          per_device_eval_batch_size=10, audio_tower=str(fixtures / "whisper-tiny.en"),
+                          text_tower=str(fixtures / "all-MiniLM-L6-v2"), projection_dim=128)
+    cfg = yaml.safe_load(Path(config).read_text())
+    cfg.pop("audio_config"), cfg.pop("text_config")
+    Path(config).write_text(yaml.safe_dump(cfg))
+    model, _, final = train.train([config, "--output_dir", str(tmp_path / "run")])
+    assert model.config.audio_config.d_model == 384 and model.config.text_config.model_type == "bert"
+    assert len([r for r in read_log(tmp_path / "run") if "loss" in r]) == 2
+    assert (final / "model.safetensors").exists()
