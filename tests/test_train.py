@@ -340,3 +340,31 @@ def test_short_run_on_real_fixture_towers(tmp_path, synthetic, fixtures):
     assert model.config.audio_config.d_model == 384 and model.config.text_config.model_type == "bert"
     assert len([r for r in read_log(tmp_path / "run") if "loss" in r]) == 2
     assert (final / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("wavlink-*.yaml")))
+def test_paper_recipes_parse_and_need_only_their_data(recipe):
+    with pytest.raises(ValueError, match="--train_files: 'data/"):
+        train.parse_args([str(ROOT / "configs" / recipe)])
+    values = yaml.safe_load((ROOT / "configs" / recipe).read_text())
+    assert values["learning_rate"] == 1e-4 and values["warmup_ratio"] == 0.05 and values["lr_scheduler_type"] == "cosine"
+    assert values["mixed_precision"] == "bf16" and values["num_train_epochs"] == 3
+
+
+def test_streaming_and_mixed_training_sets(tmp_path, synthetic):
+    import pandas as pd
+
+    second = tmp_path / "second.csv"
+    table = pd.read_csv(synthetic["train"]).head(16)
+    table["audio"] = [str(Path(synthetic["train"]).parent / a) for a in table["audio"]]
+    table.to_csv(second, index=False)
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=3, save_steps=None, eval_file=None,
+                          train_files=[str(synthetic["train"]), str(second)])
+    train.train([config, "--output_dir", str(tmp_path / "mixed"), "--train_mix_probabilities", "0.5", "0.5"])
+    train.train([config, "--output_dir", str(tmp_path / "stream"), "--streaming", "true", "--shuffle_buffer", "16"])
+    for run in ("mixed", "stream"):
+        steps = [r for r in read_log(tmp_path / run) if "loss" in r]
+        assert [r["step"] for r in steps] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in steps)
+    no_max_steps = write_config(tmp_path / "d.yaml", synthetic, save_steps=None)
+    with pytest.raises(ValueError, match="--streaming needs --max_steps"):
+        train.train([no_max_steps, "--output_dir", str(tmp_path / "x"), "--streaming", "true"])
