@@ -621,7 +621,7 @@ def save_final(accelerator, model, processor, model_args: ModelArguments, output
         processor.save_pretrained(final_dir)
         if model_args.finetune == "lora":
             base = {"model_name_or_path": model_args.model_name_or_path, "audio_tower": model_args.audio_tower,
-                    "text_tower": model_args.text_tower, "config": unwrapped.get_base_model().config.to_diff_dict()}
+                    "text_tower": model_args.text_tower, "config": unwrapped.get_base_model().config.to_dict()}
             (final_dir / "wavlink_base.json").write_text(json.dumps(base, indent=2, default=str))
             if model_args.merge_lora:
                 import copy

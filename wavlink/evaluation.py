@@ -1,8 +1,9 @@
 """Embedding many clips and captions efficiently, and retrieval evaluation at every Matryoshka dim.
 
 Every clip and caption is embedded once, in batches ordered by length (little padding), under `inference_mode`.
-With an `Accelerator`, batches are split across processes and the embeddings collected with `gather_for_metrics`;
-each item carries its index, so the padding accelerate adds to even out processes is dropped exactly.
+With an `Accelerator`, batches are split across processes and gathered; each item carries its index, so the
+items accelerate repeats to even out processes, and the padding that makes batch sizes equal, are dropped exactly.
+(`gather_for_metrics` is not used: its remainder logic assumes equal batch sizes, which length-sorted batches are not.)
 """
 
 import contextlib
@@ -77,7 +78,13 @@ def _embed(model, items, batches, make_inputs, features_fn, accelerator, desc, p
                 embeds = features_fn(**inputs).pooler_output.float()
             indices = indices.to(device)
             if accelerator is not None:
-                indices, embeds = accelerator.gather_for_metrics((indices, embeds))
+                # Length-sorted batches differ in size across processes, and accelerate repeats items to even out
+                # the last batches: pad to a common size, gather, then keep each index once (padding has index -1).
+                indices = accelerator.pad_across_processes(indices, dim=0, pad_index=-1)
+                embeds = accelerator.pad_across_processes(embeds, dim=0)
+                indices, embeds = accelerator.gather((indices, embeds))
+                keep = indices >= 0
+                indices, embeds = indices[keep], embeds[keep]
             all_indices.append(indices.cpu())
             all_embeds.append(embeds.cpu())
     indices, embeds = torch.cat(all_indices), torch.cat(all_embeds)
@@ -149,3 +156,55 @@ def evaluate_retrieval(model, processor, clips, captions, accelerator=None, batc
     audio = embed_clips(model, processor, clips, batch_size, accelerator, progress, autocast_dtype)
     text = embed_texts(model, processor, flat, batch_size * 4, accelerator, progress, autocast_dtype)
     return retrieval_at_dims(audio, text, np.asarray(caption_to_clip), dims or model.config.matryoshka_dims)
+
+
+# ------------------------------------------------------------------------------------------------ zero-shot, multiple choice
+
+DEFAULT_TEMPLATE = "This is a sound of {label}."
+
+
+def zero_shot_at_dims(audio_embeds, template_embeds, targets, dims) -> dict[int, dict[str, float]]:
+    """Zero-shot accuracy at each dim. `template_embeds` is `(labels, templates, d)`: each label's prompt embeddings
+    are truncated, re-normalised, averaged over templates and re-normalised (prompt ensembling)."""
+    from .metrics import classification_metrics
+
+    results = {}
+    labels, templates, width = template_embeds.shape
+    for dim in dims:
+        prompts = at_dim(template_embeds.reshape(-1, width), dim).reshape(labels, templates, dim).mean(1)
+        classes = F.normalize(torch.from_numpy(prompts), dim=-1).numpy()
+        results[int(dim)] = classification_metrics(at_dim(audio_embeds, dim) @ classes.T, targets)
+    return results
+
+
+def evaluate_zero_shot(model, processor, dataset, templates=(DEFAULT_TEMPLATE,), accelerator=None, batch_size=16,
+                       progress=True, autocast_dtype=None, dims=None) -> dict[int, dict[str, float]]:
+    """Top-1/top-5 accuracy of zero-shot classification on a `ClassificationSet`, at every Matryoshka dim."""
+    prompts = [template.format(label=label) for label in dataset.labels for template in templates]
+    text = embed_texts(model, processor, prompts, batch_size * 4, accelerator, progress, autocast_dtype)
+    audio = embed_clips(model, processor, dataset.clips, batch_size, accelerator, progress, autocast_dtype)
+    template_embeds = text.reshape(len(dataset.labels), len(templates), -1)
+    return zero_shot_at_dims(audio, template_embeds, np.asarray(dataset.targets), dims or model.config.matryoshka_dims)
+
+
+def multiple_choice_text(question: str, option: str) -> str:
+    """The question joined to one option: the text whose embedding is compared with the audio."""
+    return f"{question} {option}".strip()
+
+
+def evaluate_multiple_choice(model, processor, dataset, accelerator=None, batch_size=16, progress=True,
+                             autocast_dtype=None, dims=None) -> dict[int, dict[str, float]]:
+    """Accuracy on a `MultipleChoiceSet`: the option whose (question + option) embedding is nearest the audio wins."""
+    texts, owner = [], []
+    for item, (question, options) in enumerate(zip(dataset.questions, dataset.options)):
+        texts.extend(multiple_choice_text(question, option) for option in options)
+        owner.extend([item] * len(options))
+    owner = np.asarray(owner)
+    text = embed_texts(model, processor, texts, batch_size * 4, accelerator, progress, autocast_dtype)
+    audio = embed_clips(model, processor, dataset.clips, batch_size, accelerator, progress, autocast_dtype)
+    results = {}
+    for dim in dims or model.config.matryoshka_dims:
+        scores = np.einsum("nd,nd->n", at_dim(text, dim), at_dim(audio, dim)[owner])
+        correct = [int(np.argmax(scores[owner == item]) == answer) for item, answer in enumerate(dataset.answers)]
+        results[int(dim)] = {"accuracy": 100.0 * float(np.mean(correct))}
+    return results

@@ -1,7 +1,8 @@
 """Retrieval and classification metrics (the WavCaps / LAION-CLAP protocol, with the sorted audio-to-text mAP@10).
 
-Ranks are 1-based. Ties are broken pessimistically: an item tied with the correct one counts as ranked above it,
-so a model that scores everything equally gets the worst rank, never a perfect one.
+Ranks are 1-based. Ties are broken pessimistically: an item tied with a correct one counts as ranked above it, so a
+model that scores everything equally gets the worst rank, never a perfect one. (A clip's own captions tied with each
+other are interchangeable and do not push each other down.)
 """
 
 import numpy as np
@@ -21,15 +22,21 @@ def text_to_audio_ranks(similarity: np.ndarray, caption_to_clip: np.ndarray) -> 
 
 
 def audio_to_text_ranks(similarity: np.ndarray, caption_to_clip: np.ndarray) -> list[np.ndarray]:
-    """For each clip, the sorted ranks of its captions when that clip queries all captions."""
+    """For each clip, the ascending ranks of its captions when that clip queries all captions.
+
+    The j-th best of a clip's own captions has rank `j + (other clips' captions scoring >= it)`: ties with
+    other clips' captions count against the model, ties among the clip's own captions do not (they are
+    interchangeable)."""
     by_clip = similarity.T  # (clips, captions)
     ranks = []
     for clip in range(by_clip.shape[0]):
-        own = np.flatnonzero(caption_to_clip == clip)
-        if own.size == 0:
+        is_own = caption_to_clip == clip
+        if not is_own.any():
             raise ValueError(f"clip {clip} has no caption; every clip needs at least one for retrieval.")
-        row = by_clip[clip]
-        ranks.append(np.sort([(row >= row[c]).sum() for c in own]))
+        own = np.sort(by_clip[clip, is_own])[::-1]
+        others = np.sort(by_clip[clip, ~is_own])
+        beaten_by = others.size - np.searchsorted(others, own, side="left")  # others scoring >= each own caption
+        ranks.append(np.arange(1, own.size + 1) + beaten_by)
     return ranks
 
 
