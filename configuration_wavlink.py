@@ -11,6 +11,7 @@ from transformers.configuration_utils import SubConfigSpec
 LOSS_TYPES = ("clip", "siglip")
 AUDIO_POOLINGS = ("global_token", "mean")
 TEXT_POOLINGS = ("eos", "cls", "mean")
+EMBEDDING_TASK = "wavlink-embedding"
 
 # Default text pooling per text-tower family (paper: CLIP at EOS, ModernBERT at CLS; sentence-style BERTs
 # such as MiniLM were trained with mean pooling).
@@ -98,6 +99,11 @@ class WavLinkConfig(PretrainedConfig):
                 f"{self.projection_dim} and be strictly decreasing positive sizes, e.g. "
                 f"{[self.projection_dim // f for f in (1, 2, 4, 8)]}."
             )
+        if not getattr(self, "custom_pipelines", None):
+            # Lets `pipeline(model=repo, trust_remote_code=True)` find the embedding pipeline, which is saved and
+            # served beside the model code.
+            self.custom_pipelines = {EMBEDDING_TASK: {"impl": "pipeline_wavlink.WavLinkEmbeddingPipeline", "pt": ["AutoModel"],
+                                                      "tf": [], "type": "multimodal"}}
         if self.logit_scale_init_value is None:
             self.logit_scale_init_value = math.log(1 / 0.07) if self.loss_type == "clip" else math.log(10.0)
         if self.logit_scale_init_value > self.logit_scale_max:

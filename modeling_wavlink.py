@@ -33,8 +33,10 @@ from transformers.utils import ModelOutput
 
 try:
     from .configuration_wavlink import WavLinkConfig
+    from .pipeline_wavlink import WavLinkEmbeddingPipeline  # noqa: F401  (saved and served beside the model)
 except ImportError:
     from configuration_wavlink import WavLinkConfig
+    from pipeline_wavlink import WavLinkEmbeddingPipeline  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------------------------

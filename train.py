@@ -583,9 +583,14 @@ def train(argv=None):
         last_results = evaluate_and_log(accelerator, model, processor, eval_data, args, dims, state, log_jsonl)
     final_dir = save_final(accelerator, model, processor, model_args, output_dir)
     if args.push_to_hub and accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.push_to_hub(args.hub_model_id)
-        processor.push_to_hub(args.hub_model_id)
+        from wavlink.hub import push_folder
+
+        training = {"regime": model_args.finetune, "towers trained": model_args.train_towers, "loss": loss_type,
+                    "steps": state.step, "samples seen": state.samples_seen, "learning rate": args.learning_rate,
+                    "global batch": args.per_device_train_batch_size * accelerator.num_processes,
+                    "training data": ", ".join((data_args.train_files or []) + (data_args.train_datasets or [])) or "synthetic demo"}
+        url = push_folder(final_dir, args.hub_model_id, training=training)
+        logger.info("pushed %s to %s", final_dir, url)
     accelerator.end_training()
     if accelerator.is_main_process:
         report(last_results, final_dir, state)
