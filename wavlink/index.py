@@ -1,0 +1,290 @@
+"""Embed a folder of audio into one index file, and search it with text or audio.
+
+    wavlink-index ./my_sounds --model me/wavlink-base --out sounds.index --dim 128 [--int8]
+    wavlink-search sounds.index "a dog barking far away" -k 5
+    wavlink-search sounds.index --audio query.wav -k 5
+    accelerate launch -m wavlink.index ./big_collection --model ... --out big.index   # several GPUs
+
+The index is one SQLite file: the model and settings it was built with, and per file its path, size, mtime,
+duration and embedding (float32, or int8 with a per-vector scale). Every batch is committed as one transaction,
+so an interrupted run keeps everything written before it; re-indexing skips files whose path, size and mtime are
+unchanged. Unreadable files are reported and skipped.
+"""
+
+import argparse
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+FORMAT_VERSION = "1"
+SAMPLE_RATE = 16000
+
+
+class IndexFileError(ValueError):
+    """A missing, corrupt or mismatched index file."""
+
+
+# ------------------------------------------------------------------------------------------------ storage
+
+
+def quantize_int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-vector int8: `vectors ~= codes * scales[:, None]`."""
+    scales = np.abs(vectors).max(axis=1) / 127.0
+    scales[scales == 0] = 1.0
+    codes = np.clip(np.rint(vectors / scales[:, None]), -127, 127).astype(np.int8)
+    return codes, scales.astype(np.float32)
+
+
+class AudioIndex:
+    """An index file (see the module docstring). Open with `AudioIndex.create` or `AudioIndex.open`."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection, meta: dict):
+        self.path, self.db, self.meta = path, connection, meta
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def int8(self) -> bool:
+        return self.meta["quantization"] == "int8"
+
+    @classmethod
+    def open(cls, path) -> "AudioIndex":
+        path = Path(path)
+        if not path.is_file():
+            raise IndexFileError(f"index {path} does not exist.")
+        try:
+            db = sqlite3.connect(path)
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            db.execute("SELECT count(*) FROM items").fetchone()
+        except sqlite3.DatabaseError as error:
+            raise IndexFileError(f"{path} is not a WavLink index or is corrupt ({error}).") from None
+        if meta.get("format") != "wavlink-index" or "dim" not in meta:
+            raise IndexFileError(f"{path} is not a WavLink index (no WavLink metadata).")
+        return cls(path, db, meta)
+
+    @classmethod
+    def create(cls, path, model: str, dim: int, int8: bool) -> "AudioIndex":
+        path = Path(path)
+        if path.exists():
+            index = cls.open(path)
+            wanted = {"model": model, "dim": str(dim), "quantization": "int8" if int8 else "float32"}
+            clash = {k: (index.meta[k], v) for k, v in wanted.items() if index.meta.get(k) != v}
+            if clash:
+                details = ", ".join(f"{k} {old!r} (asked {new!r})" for k, (old, new) in clash.items())
+                raise IndexFileError(f"{path} was built with {details}; write to a new index file.")
+            return index
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path)
+        with db:
+            db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+            db.execute("CREATE TABLE items (path TEXT PRIMARY KEY, size INTEGER, mtime REAL, duration REAL, "
+                       "embedding BLOB, scale REAL)")
+            meta = {"format": "wavlink-index", "version": FORMAT_VERSION, "model": model, "dim": str(dim),
+                    "quantization": "int8" if int8 else "float32", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        return cls(path, db, meta)
+
+    def known(self) -> dict[str, tuple[int, float]]:
+        return {p: (s, m) for p, s, m in self.db.execute("SELECT path, size, mtime FROM items")}
+
+    def add(self, rows: list[tuple[str, int, float, float]], vectors: np.ndarray) -> None:
+        """Insert or replace a batch in one transaction (all or nothing)."""
+        if self.int8:
+            codes, scales = quantize_int8(vectors)
+            blobs = [c.tobytes() for c in codes]
+        else:
+            blobs, scales = [v.astype(np.float32).tobytes() for v in vectors], np.ones(len(rows), dtype=np.float32)
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)",
+                                [(*row, blob, float(scale)) for row, blob, scale in zip(rows, blobs, scales)])
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT count(*) FROM items").fetchone()[0]
+
+    def load(self, progress: bool = False) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """All paths, durations and the `(n, dim)` float32 embedding matrix (int8 dequantised)."""
+        from tqdm.auto import tqdm
+
+        paths, durations, blobs, scales = [], [], [], []
+        total = len(self)
+        cursor = self.db.execute("SELECT path, duration, embedding, scale FROM items ORDER BY rowid")
+        with tqdm(total=total, desc="loading index", disable=not progress or total < 50_000, leave=False) as bar:
+            while rows := cursor.fetchmany(10_000):
+                for path, duration, blob, scale in rows:
+                    paths.append(path)
+                    durations.append(duration)
+                    blobs.append(blob)
+                    scales.append(scale)
+                bar.update(len(rows))
+        dtype = np.int8 if self.int8 else np.float32
+        if any(len(b) != self.dim * np.dtype(dtype).itemsize for b in blobs):
+            raise IndexFileError(f"{self.path} is corrupt: an embedding does not have {self.dim} {dtype.__name__} values.")
+        matrix = np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), self.dim).astype(np.float32)
+        if self.int8:
+            matrix *= np.asarray(scales, dtype=np.float32)[:, None]
+        return paths, np.asarray(durations), matrix
+
+
+# ------------------------------------------------------------------------------------------------ indexing
+
+
+def find_audio(folder) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder.")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise ValueError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}.")
+    return files
+
+
+def build_index(folder, model: str, out, dim: int | None = None, int8: bool = False, batch_size: int = 16,
+                chunk: int = 64, precision: str = "fp32", accelerator=None, progress: bool = True) -> dict:
+    """Embed every new or changed audio file under `folder` into the index at `out`. Returns counts and failures."""
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    from processing_wavlink import load_audio
+
+    from .loading import load_model_and_processor
+    from pipeline_wavlink import WavLinkEmbeddingPipeline
+
+    is_main = accelerator is None or accelerator.is_main_process
+    files = find_audio(folder)
+    wavlink, processor = load_model_and_processor(model)
+    dim = dim or wavlink.config.projection_dim
+    if dim not in wavlink.config.matryoshka_dims:
+        raise ValueError(f"--dim {dim} is not a Matryoshka size of {model}; choose one of {wavlink.config.matryoshka_dims}.")
+    device = accelerator.device if accelerator is not None else None
+    embed = WavLinkEmbeddingPipeline(model=wavlink.to(device) if device is not None else wavlink, processor=processor,
+                                     device=device if device is not None else -1)
+    model_ref = str(Path(model).resolve()) if Path(model).exists() else model  # searchable from any folder
+    index = AudioIndex.create(out, model_ref, dim, int8) if is_main else None
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+        index = index or AudioIndex.open(out)
+    known = index.known()
+    todo = []
+    for file in files:
+        stat = file.stat()
+        key = str(file.resolve())
+        if known.get(key) != (stat.st_size, stat.st_mtime):
+            todo.append((key, stat.st_size, stat.st_mtime))
+    failures, added = [], 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    bar = tqdm(total=len(todo), desc="indexing", disable=not (progress and is_main))
+    for start in range(0, len(todo), chunk * world):
+        mine = todo[start : start + chunk * world][rank::world]
+        rows, waveforms, bad = [], [], []
+        for key, size, mtime in mine:
+            try:
+                waveform = load_audio(key, None, SAMPLE_RATE, name=key)
+            except ValueError as error:
+                bad.append(str(error))
+                continue
+            rows.append((key, size, mtime, len(waveform) / SAMPLE_RATE))
+            waveforms.append({"array": waveform, "sampling_rate": SAMPLE_RATE})
+        vectors = embed(audio=waveforms, dim=dim, batch_size=batch_size, precision=precision, progress=False) if waveforms else np.zeros((0, dim), np.float32)
+        if accelerator is not None:
+            gathered = gather_object([(rows, vectors, bad)])
+        else:
+            gathered = [(rows, vectors, bad)]
+        if is_main:
+            for part_rows, part_vectors, part_bad in gathered:
+                if part_rows:
+                    index.add(part_rows, np.asarray(part_vectors))
+                    added += len(part_rows)
+                failures.extend(part_bad)
+            bar.update(sum(len(r) + len(b) for r, _, b in gathered))
+    bar.close()
+    return {"files": len(files), "skipped_unchanged": len(files) - len(todo), "added": added, "failures": failures,
+            "total_in_index": len(index) if is_main else None}
+
+
+# ------------------------------------------------------------------------------------------------ search
+
+
+def search(index_path, query: str | None = None, audio: str | None = None, k: int = 5, model: str | None = None,
+           progress: bool = True) -> list[tuple[float, str, float]]:
+    """Top-`k` `(score, path, duration)` for a text or an audio query (cosine similarity)."""
+    from .loading import load_model_and_processor
+    from pipeline_wavlink import WavLinkEmbeddingPipeline
+
+    if (query is None) == (audio is None):
+        raise ValueError("give a text query or --audio FILE (one of them).")
+    index = AudioIndex.open(index_path)
+    paths, durations, matrix = index.load(progress=progress)
+    if not paths:
+        raise ValueError(f"index {index_path} is empty.")
+    wavlink, processor = load_model_and_processor(model or index.meta["model"])
+    embed = WavLinkEmbeddingPipeline(model=wavlink, processor=processor, device=-1)
+    vector = embed(audio=audio, dim=index.dim) if audio is not None else embed(text=query, dim=index.dim)
+    norms = np.linalg.norm(matrix, axis=1)
+    scores = matrix @ vector / np.where(norms == 0, 1, norms)
+    top = np.argsort(-scores, kind="stable")[:k]
+    return [(float(scores[i]), paths[i], float(durations[i])) for i in top]
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def index_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="wavlink-index", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("folder", help="folder to index, recursively (wav, flac, ogg, mp3)")
+    parser.add_argument("--model", required=True, help="saved WavLink folder or Hub id")
+    parser.add_argument("--out", required=True, help="index file to create or update")
+    parser.add_argument("--dim", type=int, default=None, help="Matryoshka size to store (default: full width)")
+    parser.add_argument("--int8", action="store_true", help="store int8 embeddings with a per-vector scale (4x smaller)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast while embedding")
+    parser.add_argument("--no_progress", action="store_true")
+    args = parser.parse_args(argv)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    try:
+        report = build_index(args.folder, args.model, args.out, args.dim, args.int8, args.batch_size,
+                             precision="bf16" if args.bf16 else "fp32",
+                             accelerator=accelerator if accelerator.num_processes > 1 else None, progress=not args.no_progress)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if accelerator.is_main_process:
+        print(f"{report['files']} audio files: {report['added']} embedded, {report['skipped_unchanged']} unchanged, "
+              f"{len(report['failures'])} unreadable; {report['total_in_index']} in {args.out}")
+        for failure in report["failures"]:
+            print(f"  skipped: {failure}")
+    return 0
+
+
+def search_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="wavlink-search", description="Search a WavLink index with text or audio.")
+    parser.add_argument("index", help="index file written by wavlink-index")
+    parser.add_argument("query", nargs="?", default=None, help="text query")
+    parser.add_argument("--audio", default=None, help="audio file to use as the query instead of text")
+    parser.add_argument("-k", type=int, default=5, help="number of results")
+    parser.add_argument("--model", default=None, help="override the model recorded in the index")
+    parser.add_argument("--no_progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        results = search(args.index, args.query, args.audio, args.k, args.model, progress=not args.no_progress)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    width = max(len(os.path.basename(p)) for _, p, _ in results)
+    for rank, (score, path, duration) in enumerate(results, 1):
+        print(f"{rank:>3}  {score:+.4f}  {duration:6.2f}s  {os.path.basename(path):<{width}}  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(index_main())
