@@ -56,6 +56,10 @@ class WavLinkConfig(PretrainedConfig):
             for other encoders.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation used to initialise the global token and fresh projectors.
+        inference_precision (`str`, *optional*, defaults to `"fp32"`):
+            `"bf16"` runs the towers under bfloat16 autocast when the model is not training (fast on CPUs with
+            AVX512-BF16/AMX and on GPUs; see the README's Performance section for the measured cost). Embeddings are
+            returned in float32 either way.
     """
 
     model_type = "wavlink"
@@ -75,6 +79,7 @@ class WavLinkConfig(PretrainedConfig):
     audio_pooling: str = "global_token"
     text_pooling: str | None = None
     initializer_range: float = 0.02
+    inference_precision: str = "fp32"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -84,6 +89,7 @@ class WavLinkConfig(PretrainedConfig):
             )
         _check_choice("loss_type", self.loss_type, LOSS_TYPES)
         _check_choice("audio_pooling", self.audio_pooling, AUDIO_POOLINGS)
+        _check_choice("inference_precision", self.inference_precision, ("fp32", "bf16"))
         if self.text_pooling is None:
             self.text_pooling = _DEFAULT_TEXT_POOLING.get(self.text_config.model_type, "mean")
         _check_choice("text_pooling", self.text_pooling, TEXT_POOLINGS)

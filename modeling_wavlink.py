@@ -18,6 +18,7 @@ Design decisions the paper leaves open (see README, "Model"):
   windows' projected embeddings (before normalisation) into one embedding per clip.
 """
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -340,8 +341,9 @@ class WavLinkModel(WavLinkPreTrainedModel):
             `last_hidden_state` is the encoder's per-window output.
         """
         dim = self._check_dim(dim)
-        audio_outputs = self.encode_audio(input_features, input_features_mask)
-        projected = self.audio_projection(audio_outputs.pooler_output)
+        with self._inference_autocast(input_features.device):
+            audio_outputs = self.encode_audio(input_features, input_features_mask)
+            projected = self.audio_projection(audio_outputs.pooler_output).float()
         if audio_window_counts is not None:
             projected = _average_windows(projected, audio_window_counts)
         audio_outputs.pooler_output = F.normalize(projected[:, :dim], dim=-1)
@@ -386,8 +388,9 @@ class WavLinkModel(WavLinkPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """Text embeddings: `pooler_output` is the `(batch, dim)` L2-normalised embedding (see `get_audio_features`)."""
         dim = self._check_dim(dim)
-        text_outputs = self.encode_text(input_ids, attention_mask, token_type_ids)
-        projected = self.text_projection(text_outputs.pooler_output)
+        with self._inference_autocast(input_ids.device):
+            text_outputs = self.encode_text(input_ids, attention_mask, token_type_ids)
+            projected = self.text_projection(text_outputs.pooler_output).float()
         text_outputs.pooler_output = F.normalize(projected[:, :dim], dim=-1)
         return text_outputs
 
@@ -441,6 +444,12 @@ class WavLinkModel(WavLinkPreTrainedModel):
             audio_model_output=audio_outputs,
             text_model_output=text_outputs,
         )
+
+    def _inference_autocast(self, device: torch.device):
+        # bf16 is an inference option only: training precision is the trainer's business (Accelerate).
+        if self.config.inference_precision == "bf16" and not self.training and not torch.is_autocast_enabled(device.type):
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _check_dim(self, dim: int | None) -> int:
         if dim is None:

@@ -329,3 +329,20 @@ def test_real_recordings_batched_equal_alone(real_model, real_processor, animal_
         batched = real_model.get_audio_features(**real_processor(audio=animal_files)).pooler_output
         alone = torch.cat([real_model.get_audio_features(**real_processor(audio=f)).pooler_output for f in animal_files])
     assert (batched - alone).abs().max() < 1e-4
+
+
+def test_bf16_inference_option_is_close_to_fp32_and_off_in_training():
+    model, processor = tiny_model(), tiny_processor()
+    batch = processor(audio=[noise(1.0), noise(2.3, seed=1)], sampling_rate=16000, text=TINY_CAPTIONS[:2])
+    with torch.no_grad():
+        fp32 = model(**batch)
+        model.config.inference_precision = "bf16"
+        bf16 = model(**batch)
+    assert bf16.audio_embeds.dtype == torch.float32
+    assert not torch.equal(bf16.audio_embeds, fp32.audio_embeds)  # it really ran in bf16
+    cosine = (bf16.audio_embeds * fp32.audio_embeds).sum(-1)
+    assert cosine.min() > 0.99
+    model.train()
+    torch.testing.assert_close(model(**batch).audio_embeds, fp32.audio_embeds, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="inference_precision"):
+        tiny_config(inference_precision="fp8")
