@@ -21,9 +21,10 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--only", nargs="+", default=None, help="run only these scripts")
+    parser.add_argument("--summary_only", action="store_true", help="only rebuild the summaries from the JSON files")
     args = parser.parse_args(argv)
     started, failures = time.perf_counter(), []
-    for script in args.only or SCRIPTS:
+    for script in [] if args.summary_only else args.only or SCRIPTS:
         print(f"\n=== {script}", flush=True)
         t = time.perf_counter()
         result = subprocess.run([sys.executable, str(HERE / script), "--device", args.device, "--out", args.out])
