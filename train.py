@@ -582,6 +582,12 @@ def train(argv=None):
     if eval_data:
         last_results = evaluate_and_log(accelerator, model, processor, eval_data, args, dims, state, log_jsonl)
     final_dir = save_final(accelerator, model, processor, model_args, output_dir)
+    if last_results and accelerator.is_main_process:
+        # recorded beside the model, so `wavlink-push` puts them in the model card
+        from wavlink.cards import add_results
+
+        add_results(final_dir, [{"task": "retrieval", "dataset": "held-out", "model": str(final_dir),
+                                 "results": {str(d): m for d, m in last_results.items()}, "num_clips": len(eval_data[0])}])
     if args.push_to_hub and accelerator.is_main_process:
         from wavlink.hub import push_folder
 
@@ -593,7 +599,7 @@ def train(argv=None):
         logger.info("pushed %s to %s", final_dir, url)
     accelerator.end_training()
     if accelerator.is_main_process:
-        report(last_results, final_dir, state)
+        report(last_results, final_dir, state, len(eval_data[0]) if eval_data else 0)
     return accelerator.unwrap_model(model), processor, final_dir
 
 
@@ -638,10 +644,11 @@ def save_final(accelerator, model, processor, model_args: ModelArguments, output
     return final_dir
 
 
-def report(results, final_dir: Path, state: TrainerState) -> None:
+def report(results, final_dir: Path, state: TrainerState, num_clips: int) -> None:
     lines = [f"Training finished at step {state.step} ({state.samples_seen} samples, {state.bad_samples} skipped as bad)."]
     if results:
-        lines.append("Held-out retrieval (percent):")
+        lines.append(f"Held-out retrieval (percent; {num_clips} clips, so chance is R@1 {100 / num_clips:.1f}, "
+                     f"R@10 {min(100.0, 1000 / num_clips):.1f}):")
         lines.append("| dim | t2a R@1 | t2a R@5 | t2a R@10 | a2t R@1 | a2t R@5 | a2t R@10 |")
         lines.append("|---|---|---|---|---|---|---|")
         for dim, m in results.items():

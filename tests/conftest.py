@@ -2,12 +2,18 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The suite never needs the real Hub (publishing tests start their own local one): fail fast instead of waiting on
+# network time-outs. Set before huggingface_hub is imported, which reads these once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from configuration_wavlink import WavLinkConfig  # noqa: E402
 from modeling_wavlink import WavLinkModel  # noqa: E402

@@ -111,6 +111,9 @@ def test_wavlink_push_writes_a_model_card_and_pushes_lora_adapters(hub, tmp_path
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "zero-shot-audio-classification"
     assert "wavlink" in metadata["tags"] and "## Usage" in card and "## Limitations" in card
+    # the held-out evaluation of the training run is in the card's model-index and its tables
+    results = metadata["model-index"][0]["results"]
+    assert {r["dataset"]["name"] for r in results} == {"held-out"} and "### retrieval: held-out" in card
     adapter_files = hub.files("me/wavlink-lora")
     assert "adapter_model.safetensors" in adapter_files and "model.safetensors" not in adapter_files
     assert yaml.safe_load(adapter_files["README.md"].decode().split("---")[1])["library_name"] == "peft"

@@ -171,9 +171,12 @@ def test_tiny_end_to_end_run(tmp_path, synthetic, capsys):
     from transformers import AutoModel, AutoProcessor
 
     config = write_config(tmp_path / "c.yaml", synthetic, max_steps=6, eval_steps=3, save_steps=3, group_by_length=True)
-    model, processor, final = train.train([config, "--output_dir", str(tmp_path / "run")])
+    model, processor, final = train.train([config, "--output_dir", str(tmp_path / "run"), "--report_to", "tensorboard"])
     out = capsys.readouterr().out
-    assert "Held-out retrieval" in out and str(final.resolve()) in out
+    assert list((tmp_path / "run").rglob("events.out.tfevents*")), "no TensorBoard log"
+    assert "Held-out retrieval" in out and "chance is R@1 5.0" in out and str(final.resolve()) in out
+    recorded = json.loads((final / "wavlink_eval_results.json").read_text())
+    assert recorded[0]["dataset"] == "held-out" and set(recorded[0]["results"]) == {"16", "8", "4", "2"}
     log = read_log(tmp_path / "run")
     steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(r["loss"]) for r in steps)
