@@ -6,7 +6,6 @@ The audio libraries (soundfile for decoding, soxr for resampling) are imported w
 
 import io
 import os
-from collections.abc import Sequence
 
 import numpy as np
 from transformers import AutoTokenizer, BatchFeature, WhisperFeatureExtractor
@@ -83,15 +82,20 @@ class WavLinkProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ text
 
     def _tokenize(self, text, return_tensors, **text_kwargs) -> dict:
-        texts = [text] if isinstance(text, str) else text
-        if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
-            bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), 0) if isinstance(texts, Sequence) else 0
-            raise ValueError(f"text[{bad}] must be a string, got {type(texts[bad] if isinstance(texts, Sequence) else texts).__name__}.")
+        if isinstance(text, str):
+            texts = [text]
+        elif isinstance(text, (list, tuple)):
+            texts = list(text)
+        else:
+            raise ValueError(f"text must be a string or a list of strings, got {type(text).__name__}.")
+        for index, item in enumerate(texts):
+            if not isinstance(item, str):
+                raise ValueError(f"text[{index}] must be a string, got {type(item).__name__}.")
         max_length = self.tokenizer.model_max_length
         if max_length is None or max_length > 100_000:  # "unlimited" sentinel of tokenizers without a limit
             max_length = 512
         kwargs = {"padding": True, "truncation": True, "max_length": max_length, **text_kwargs}
-        return dict(self.tokenizer(list(texts), return_tensors=return_tensors, **kwargs))
+        return dict(self.tokenizer(texts, return_tensors=return_tensors, **kwargs))
 
     # ------------------------------------------------------------------ audio
 

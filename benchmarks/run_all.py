@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_audio.py", "bench_optimizations.py", "bench_text.py", "bench_train.py", "bench_search.py", "bench_bf16.py"]
+SCRIPTS = ["bench_audio.py", "bench_optimizations.py", "bench_text.py", "bench_train.py", "bench_length_grouping.py",
+           "bench_search.py", "bench_bf16.py"]
 
 
 def main(argv=None):
