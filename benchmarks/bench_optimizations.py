@@ -16,11 +16,11 @@ from common import base_parser, build_wavlink, interleave, markdown, median, pic
 def main(argv=None):
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="base")
-    parser.add_argument("--clips", type=int, default=None, help="default 16 on CPU, 128 on CUDA")
+    parser.add_argument("--clips", type=int, default=None, help="default 12 on CPU, 128 on CUDA")
     parser.add_argument("--batch_size", type=int, default=None, help="default 4 on CPU, 32 on CUDA")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
-    scale_defaults(args, device, clips=(16, 128), batch_size=(4, 32))
+    scale_defaults(args, device, clips=(12, 128), batch_size=(4, 32))
     rng = np.random.default_rng(0)
     lengths = rng.uniform(1.0, 10.0, size=args.clips)
     clips = [(rng.standard_normal(int(s * 16000)) * 0.1).astype(np.float32) for s in lengths]
