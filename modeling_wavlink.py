@@ -89,6 +89,11 @@ def siglip_loss(
     return -F.logsigmoid(signs * logits).sum() / n
 
 
+def _prefix(embeds: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+    """The first `dim` dimensions, re-normalised (a Matryoshka level)."""
+    return None if embeds is None else F.normalize(embeds[:, :dim], dim=-1)
+
+
 def matryoshka_contrastive_loss(
     audio_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
@@ -114,14 +119,13 @@ def matryoshka_contrastive_loss(
     dims = matryoshka_dims or [audio_embeds.shape[-1]]
     losses = []
     for dim in dims:
-        prefix = lambda x: None if x is None else F.normalize(x[:, :dim], dim=-1)  # noqa: E731
-        audio, text = prefix(audio_embeds), prefix(text_embeds)
+        audio, text = _prefix(audio_embeds, dim), _prefix(text_embeds, dim)
         if loss_type == "clip":
-            losses.append(clip_loss(audio, text, logit_scale, prefix(all_audio_embeds), prefix(all_text_embeds), offset))
+            losses.append(clip_loss(audio, text, logit_scale, _prefix(all_audio_embeds, dim), _prefix(all_text_embeds, dim), offset))
         elif loss_type == "siglip":
             if logit_bias is None:
                 raise ValueError("siglip loss needs logit_bias")
-            losses.append(siglip_loss(audio, text, logit_scale, logit_bias, prefix(all_text_embeds), offset))
+            losses.append(siglip_loss(audio, text, logit_scale, logit_bias, _prefix(all_text_embeds, dim), offset))
         else:
             raise ValueError(f"loss_type={loss_type!r} is not valid; allowed values: 'clip', 'siglip'.")
     return torch.stack(losses).mean()

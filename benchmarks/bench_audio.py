@@ -35,7 +35,6 @@ def main(argv=None):
     device = pick_device(args.device)
     scale_defaults(args, device, clips=(8, 64), batch_size=(8, 32))
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
 
     clips16 = noise_clips(args.clips, args.seconds)

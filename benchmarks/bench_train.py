@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 
-from common import ROOT, TEXT_SHAPES, base_parser, markdown, median, pick_device, scale_defaults, write_result
+from common import ROOT, base_parser, markdown, median, pick_device, scale_defaults, write_result
 
 CHILD = r'''
 import json, resource, sys, time

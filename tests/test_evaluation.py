@@ -13,7 +13,6 @@ from conftest import ROOT, tiny_model, tiny_processor
 from huggingface_hub import ModelCard
 
 from wavlink import eval_cli
-from wavlink.cards import write_model_card
 from wavlink.eval_data import read_classification_set, read_multiple_choice_set, read_retrieval_set
 from wavlink.evaluation import embed_clips, embed_texts, evaluate_multiple_choice, multiple_choice_text
 from wavlink.metrics import retrieval_metrics

@@ -140,7 +140,7 @@ def read_classification_set(path, layout: str = "auto", fold: int | None = None,
             if fold is None or int(row["fold"]) == fold:
                 pairs.append((str(root / "audio" / f"fold{row['fold']}" / row["slice_file_name"]), row["class"].replace("_", " ")))
     elif layout == "csv":
-        for index, row in enumerate(_read_rows(path)):
+        for row in _read_rows(path):
             for column in (audio_column, label_column):
                 if column not in row:
                     raise ValueError(f"{path}: column {column!r} not found; available columns: {list(row)}.")
