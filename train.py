@@ -315,6 +315,23 @@ def eval_clips_and_captions(table):
     return clips, captions
 
 
+def check_eval_clips(clips) -> None:
+    """Read every held-out file's header now, so a bad evaluation file stops the run before training, not hours in."""
+    import soundfile
+
+    bad = []
+    for index, clip in enumerate(clips):
+        path = clip if isinstance(clip, str) else clip.get("path") if isinstance(clip, dict) and not clip.get("bytes") else None
+        if path is None:
+            continue
+        try:
+            soundfile.info(path)
+        except Exception as error:  # LibsndfileError, RuntimeError or OSError, by version
+            bad.append(f"clip {index} ({path}): {type(error).__name__}")
+    if bad:
+        raise ValueError(f"{len(bad)} evaluation clip(s) cannot be read: " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+
+
 def sample_captions(table, limit: int = 20000) -> list[str]:
     """Captions to build a demo tokenizer from (every phrasing in the first `limit` rows)."""
     from wavlink.data import parse_captions
@@ -466,6 +483,9 @@ def train(argv=None):
     set_seed(args.seed)
 
     train_table, eval_table = load_tables(data_args, args.output_dir, accelerator)
+    eval_data = eval_clips_and_captions(eval_table) if eval_table is not None else None
+    if eval_data:
+        check_eval_clips(eval_data[0])
     needs_tokenizer = model_args.model_name_or_path is None and model_args.text_config is not None
     model, processor = build_model_and_processor(model_args, sample_captions(train_table) if needs_tokenizer else None)
     if args.gradient_checkpointing:
@@ -513,7 +533,6 @@ def train(argv=None):
     elif args.resume_from_checkpoint == "latest":
         logger.info("no checkpoint in %s yet; starting from scratch", args.output_dir)
 
-    eval_data = eval_clips_and_captions(eval_table) if eval_table is not None else None
     dims = base_model.config.matryoshka_dims
     loss_type = base_model.config.loss_type
     if accelerator.is_main_process:

@@ -139,6 +139,15 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     assert item["caption"] == "again" and len(item["waveform"]) == 8000  # cropped to 0.5 s
 
 
+def test_bad_evaluation_file_stops_the_run_before_training(tmp_path, synthetic, monkeypatch):
+    (tmp_path / "eval.csv").write_text(f"audio,caption\n{Path(synthetic['eval']).parent / 'audio' / 'eval_00000_tone.wav'},a tone\n"
+                                       "missing.wav,gone\n")
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=2, eval_file=str(tmp_path / "eval.csv"))
+    monkeypatch.setattr(train, "build_model_and_processor", lambda *a: pytest.fail("the run started before checking eval files"))
+    with pytest.raises(ValueError, match=r"1 evaluation clip\(s\) cannot be read: clip 1 \(.*missing.wav\)"):
+        train.train([config, "--output_dir", str(tmp_path / "out")])
+
+
 def test_missing_column_is_named(tmp_path):
     (tmp_path / "t.csv").write_text("file,text\na.wav,x\n")
     with pytest.raises(ValueError, match="audio_column='audio' is not a column; available columns: \\['file', 'text'\\]"):
