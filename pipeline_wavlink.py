@@ -117,7 +117,8 @@ class WavLinkEmbeddingPipeline(Pipeline):
                 order = np.argsort([-len(w) for w in chunk], kind="stable")  # little padding per batch
                 for b in range(0, len(order), batch_size):
                     picked = order[b : b + batch_size]
-                    inputs = dict(self.processor(audio=[chunk[i] for i in picked], sampling_rate=rate))
+                    # log-mel on the model's device: on a GPU the host-side STFT is otherwise the bottleneck
+                    inputs = dict(self.processor(audio=[chunk[i] for i in picked], sampling_rate=rate, feature_device=self.device))
                     yield start + picked, inputs
 
         features = lambda **kw: self.model.get_audio_features(**kw, dim=dim)  # noqa: E731

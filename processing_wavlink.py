@@ -51,6 +51,7 @@ class WavLinkProcessor(ProcessorMixin):
         padding: str = "longest",
         long_audio: str = "windows",
         return_tensors: str | None = "pt",
+        feature_device: str | None = None,
         **text_kwargs,
     ) -> BatchFeature:
         """
@@ -63,6 +64,7 @@ class WavLinkProcessor(ProcessorMixin):
             long_audio: audio longer than 30 s is split into 30-s `"windows"` (the model averages their embeddings;
                 `audio_window_counts` says how many windows each clip has) or `"truncate"`d to its first 30 s.
             return_tensors: `"pt"` (default) or `"np"`.
+            feature_device: compute the log-mel spectrograms with torch on this device (e.g. `"cuda"`); default CPU.
             text_kwargs: passed on to the tokenizer.
 
         Returns:
@@ -76,7 +78,7 @@ class WavLinkProcessor(ProcessorMixin):
         if text is not None:
             data.update(self._tokenize(text, return_tensors, **text_kwargs))
         if audio is not None:
-            data.update(self._featurize(audio, sampling_rate, padding, long_audio))
+            data.update(self._featurize(audio, sampling_rate, padding, long_audio, str(feature_device or "cpu")))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ------------------------------------------------------------------ text
@@ -99,7 +101,7 @@ class WavLinkProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ audio
 
-    def _featurize(self, audio, sampling_rate, padding, long_audio) -> dict:
+    def _featurize(self, audio, sampling_rate, padding, long_audio, device) -> dict:
         if padding not in AUDIO_PADDING:
             raise ValueError(f"padding={padding!r} is not valid; allowed values: {AUDIO_PADDING}.")
         if long_audio not in LONG_AUDIO:
@@ -117,21 +119,22 @@ class WavLinkProcessor(ProcessorMixin):
                 pieces = pieces[:1]
             windows.extend(pieces)
             counts.append(len(pieces))
-        data = self._log_mel(windows, padding)
+        data = self._log_mel(windows, padding, device)
         if any(c > 1 for c in counts):
             data["audio_window_counts"] = np.asarray(counts, dtype=np.int64)
         return data
 
-    def _log_mel(self, windows: list[np.ndarray], padding: str) -> dict:
+    def _log_mel(self, windows: list[np.ndarray], padding: str, device: str = "cpu") -> dict:
         extractor = self.feature_extractor
         if padding == "max_length":
-            features = extractor(windows, sampling_rate=extractor.sampling_rate, padding="max_length", return_tensors="np")
+            features = extractor(windows, sampling_rate=extractor.sampling_rate, padding="max_length", return_tensors="np",
+                                 device=device)
             return {"input_features": features["input_features"].astype(np.float32)}
         # Each clip is featurised alone, then padded in the mel domain, so a clip's features (and embedding) do not
         # depend on its batch: padding the waveform first would change the STFT's last frames and Whisper's
         # per-clip dynamic-range clamp.
         per_clip = [
-            extractor(w, sampling_rate=extractor.sampling_rate, padding="longest", return_tensors="np")["input_features"][0]
+            extractor(w, sampling_rate=extractor.sampling_rate, padding="longest", return_tensors="np", device=device)["input_features"][0]
             for w in windows
         ]
         frames = max(f.shape[-1] for f in per_clip)

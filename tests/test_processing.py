@@ -127,3 +127,11 @@ def test_real_recordings(real_processor, animal_files):
     assert all(abs(int(n) - 100 * d) < 10 for n, d in zip(lengths, info.values()))
     raw = io.BytesIO(open(animal_files[3], "rb").read())  # duck: stereo 44.1 kHz
     np.testing.assert_array_equal(load_audio({"bytes": raw.getvalue()}, None), load_audio(animal_files[3], None))
+
+
+def test_features_computed_with_torch_on_a_device_match_the_default():
+    processor = tiny_processor()
+    clips = [noise(1.3), noise(2.0, seed=1)]
+    default = processor(audio=clips, sampling_rate=16000)
+    on_device = processor(audio=clips, sampling_rate=16000, feature_device="cpu")
+    torch.testing.assert_close(on_device["input_features"], default["input_features"])
