@@ -17,9 +17,9 @@ import torch
 from transformers import Pipeline
 
 try:
-    from .processing_wavlink import load_audio
+    from .processing_wavlink import describe_audio, load_audio
 except ImportError:
-    from processing_wavlink import load_audio
+    from processing_wavlink import describe_audio, load_audio
 
 TASK = "wavlink-embedding"
 # A chunk of inputs is decoded, sorted by length and embedded in batches; chunks bound the memory of decoded audio.
@@ -112,7 +112,7 @@ class WavLinkEmbeddingPipeline(Pipeline):
 
         def batches():
             for start in range(0, len(items), CHUNK):
-                chunk = [load_audio(item, sampling_rate, rate, name=_name(item, start + i))
+                chunk = [load_audio(item, sampling_rate, rate, name=describe_audio(item, f"audio[{start + i}]"))
                          for i, item in enumerate(items[start : start + CHUNK])]
                 order = np.argsort([-len(w) for w in chunk], kind="stable")  # little padding per batch
                 for b in range(0, len(order), batch_size):
@@ -146,10 +146,6 @@ class WavLinkEmbeddingPipeline(Pipeline):
 
 def _looks_like_audio_path(value: str) -> bool:
     return value.lower().endswith((".wav", ".flac", ".ogg", ".mp3"))
-
-
-def _name(item, index):
-    return f"audio[{index}] ({item})" if isinstance(item, str) else f"audio[{index}]"
 
 
 __all__ = ["WavLinkEmbeddingPipeline", "TASK"]

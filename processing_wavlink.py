@@ -113,7 +113,7 @@ class WavLinkProcessor(ProcessorMixin):
         window = self.feature_extractor.n_samples
         windows, counts = [], []
         for index, clip in enumerate(clips):
-            waveform = load_audio(clip, sampling_rate, target_rate, name=_describe(clip, index))
+            waveform = load_audio(clip, sampling_rate, target_rate, name=describe_audio(clip, f"audio[{index}]"))
             pieces = split_windows(waveform, window, int(MIN_TRAILING_WINDOW_SECONDS * target_rate))
             if long_audio == "truncate":
                 pieces = pieces[:1]
@@ -257,14 +257,12 @@ def _is_batch(audio) -> bool:
     return isinstance(audio, (list, tuple))
 
 
-def _describe(clip, index: int) -> str:
-    if isinstance(clip, (str, os.PathLike)):
-        return f"audio[{index}] ({os.fspath(clip)})"
-    if isinstance(clip, dict) and clip.get("path"):
-        return f"audio[{index}] ({clip['path']})"
-    return f"audio[{index}]"
+def describe_audio(item, label: str) -> str:
+    """`label` plus the item's path when it has one: how errors name a clip (`audio[3] (dog.wav)`, `row 12 (x.flac)`)."""
+    path = item if isinstance(item, (str, os.PathLike)) else item.get("path") if isinstance(item, dict) else None
+    return f"{label} ({os.fspath(path)})" if path else label
 
 
 WavLinkProcessor.register_for_auto_class()
 
-__all__ = ["WavLinkProcessor", "load_audio", "split_windows"]
+__all__ = ["WavLinkProcessor", "describe_audio", "load_audio", "split_windows"]

@@ -79,5 +79,20 @@ def tiny_processor(captions=TINY_CAPTIONS) -> WavLinkProcessor:
     return WavLinkProcessor(extractor, build_word_tokenizer(captions))
 
 
+def run_two_cpu_processes(args: list[str], timeout: int = 600):
+    """`accelerate launch` with 2 CPU processes over gloo (the only launch that really starts two on CPU) of
+    `args` (a script path or `-m module`, then its arguments), from the project root. Returns the CompletedProcess."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def noise(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(int(seconds * rate)) * 0.1).astype(np.float32)

@@ -1,15 +1,12 @@
 import csv
 import json
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, tiny_model, tiny_processor
+from conftest import run_two_cpu_processes, tiny_model, tiny_processor
 from huggingface_hub import ModelCard
 
 from wavlink import eval_cli
@@ -166,12 +163,6 @@ def test_clear_errors(saved_model, tmp_path, capsys):
     assert eval_cli.main(["retrieval", "--model", str(saved_model), "--data", str(tmp_path / "t.csv"), "--dims", "5"]) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_give_the_single_process_results(corpus, saved_model, tmp_path):
     root, _ = corpus
@@ -180,12 +171,8 @@ def test_two_processes_give_the_single_process_results(corpus, saved_model, tmp_
     single = tmp_path / "single"
     assert eval_cli.main(["retrieval", "--model", str(saved_model), "--data", str(table), "--out", str(single),
                           "--batch_size", "5", "--no_progress"]) == 0
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--main_process_port", str(_free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "wavlink.eval_cli", "retrieval", "--model", str(saved_model), "--data", str(table),
-               "--out", str(tmp_path / "double"), "--batch_size", "5", "--no_progress"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_two_cpu_processes(["-m", "wavlink.eval_cli", "retrieval", "--model", str(saved_model), "--data", str(table),
+                                    "--out", str(tmp_path / "double"), "--batch_size", "5", "--no_progress"])
     assert result.returncode == 0, result.stderr[-3000:]
     one = json.loads((single / "retrieval-clotho_two.json").read_text())["results"]
     two = json.loads((tmp_path / "double" / "retrieval-clotho_two.json").read_text())

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model, tiny_processor
+from conftest import run_two_cpu_processes, tiny_model, tiny_processor
 
 from wavlink import index as wavlink_index
 from wavlink.index import AudioIndex, IndexFileError, build_index, quantize_int8, search
@@ -143,22 +143,10 @@ def test_real_recordings_index(tmp_path, fixtures, real_model, real_processor, c
 
 @pytest.mark.slow
 def test_two_process_indexing_matches_one_process(setup, tmp_path):
-    import socket
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     sounds, model_dir = setup
     single = build_index(sounds, str(model_dir), tmp_path / "one.index", dim=8, chunk=2, progress=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "wavlink.index",
-               str(sounds), "--model", str(model_dir), "--out", str(tmp_path / "two.index"), "--dim", "8", "--no_progress"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_two_cpu_processes(["-m", "wavlink.index", str(sounds), "--model", str(model_dir), "--out", str(tmp_path / "two.index"),
+                                    "--dim", "8", "--no_progress"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "12 embedded" in result.stdout and "1 unreadable" in result.stdout
     one_paths, _, one = AudioIndex.open(tmp_path / "one.index").load()

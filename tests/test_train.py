@@ -1,7 +1,5 @@
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +10,7 @@ import pytest
 import soundfile
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, run_two_cpu_processes
 from safetensors.torch import load_file
 
 import train
@@ -308,12 +306,6 @@ def test_kill_and_resume_continues_exactly(tmp_path, synthetic):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["clip", "siglip"])
 def test_two_processes_match_one_process_on_the_global_batch(tmp_path, synthetic, loss_type):
@@ -321,11 +313,8 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path, synthetic
                           loss_type=loss_type, weight_decay=0.0, warmup_ratio=0.0, lr_scheduler_type="constant")
     single = tmp_path / "single"
     train.train([config, "--output_dir", str(single), "--per_device_train_batch_size", "8"])
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--main_process_port", str(_free_port()), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = subprocess.run(launcher + [str(ROOT / "train.py"), config, "--output_dir", str(tmp_path / "double"),
-                                        "--per_device_train_batch_size", "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_two_cpu_processes([str(ROOT / "train.py"), config, "--output_dir", str(tmp_path / "double"),
+                                    "--per_device_train_batch_size", "4"])
     assert result.returncode == 0, result.stderr[-3000:]
     double_log = [r for r in read_log(tmp_path / "double") if "loss" in r]
     single_log = [r for r in read_log(single) if "loss" in r]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from processing_wavlink import load_audio
+from processing_wavlink import describe_audio, load_audio
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +103,7 @@ def parse_captions(cell, name: str) -> list[str]:
 
 
 def describe_row(index: int, audio) -> str:
-    if isinstance(audio, dict):
-        audio = audio.get("path") or "<bytes>"
-    return f"row {index} ({audio})" if isinstance(audio, str) else f"row {index}"
+    return describe_audio(audio, f"row {index}")
 
 
 def decode_sample(row: dict, index: int, rng: np.random.Generator, max_samples: int | None) -> dict:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from processing_wavlink import load_audio
+from processing_wavlink import describe_audio, load_audio
 
 from .metrics import retrieval_metrics
 
@@ -102,7 +102,7 @@ def embed_clips(model, processor, clips, batch_size=16, accelerator=None, progre
     durations = [clip_duration(c) for c in clips] if durations is None else durations
 
     def make_inputs(batch, indices):
-        waveforms = [load_audio(c, None, SAMPLE_RATE, name=_name(c, int(i))) for c, i in zip(batch, indices)]
+        waveforms = [load_audio(c, None, SAMPLE_RATE, name=describe_audio(c, f"clip {int(i)}")) for c, i in zip(batch, indices)]
         return dict(processor(audio=waveforms, sampling_rate=SAMPLE_RATE))
 
     return _embed(model, clips, length_sorted_batches(durations, batch_size), make_inputs, model.get_audio_features,
@@ -118,14 +118,6 @@ def embed_texts(model, processor, texts, batch_size=64, accelerator=None, progre
 
     return _embed(model, list(texts), length_sorted_batches(lengths, batch_size), make_inputs, model.get_text_features,
                   accelerator, "text", progress, autocast_dtype)
-
-
-def _name(clip, index):
-    if isinstance(clip, (str, os.PathLike)):
-        return f"clip {index} ({os.fspath(clip)})"
-    if isinstance(clip, dict) and clip.get("path"):
-        return f"clip {index} ({clip['path']})"
-    return f"clip {index}"
 
 
 def at_dim(embeds: np.ndarray, dim: int) -> np.ndarray:
