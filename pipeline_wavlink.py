@@ -74,12 +74,12 @@ class WavLinkEmbeddingPipeline(Pipeline):
         return dict(self.processor(audio=[inputs], sampling_rate=sampling_rate))
 
     def _forward(self, model_inputs, dim=None):
-        if "input_ids" in model_inputs:
-            return {"embeds": self.model.get_text_features(**model_inputs, dim=dim).pooler_output}
-        return {"embeds": self.model.get_audio_features(**model_inputs, dim=dim).pooler_output}
+        features = self.model.get_text_features if "input_ids" in model_inputs else self.model.get_audio_features
+        with torch.inference_mode():
+            return {"embeds": features(**model_inputs, dim=dim).pooler_output}
 
     def postprocess(self, model_outputs):
-        return model_outputs["embeds"][0].float().cpu().numpy()
+        return model_outputs["embeds"][0].detach().float().cpu().numpy()
 
     # ---------------------------------------------------------------- batched embedding
 

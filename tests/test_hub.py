@@ -135,6 +135,17 @@ def test_wavlink_push_writes_a_model_card_and_pushes_lora_adapters(hub, tmp_path
     np.testing.assert_allclose(np.load(tmp_path / "lora.npy"), expected, atol=1e-6)
 
 
+def test_pipeline_item_by_item_steps_equal_the_batched_call():
+    model, processor = tiny_model(seed=2), tiny_processor()
+    pipe = WavLinkEmbeddingPipeline(model=model, processor=processor, device=torch.device("cpu"))
+    clip = {"array": noise(1.5, seed=3), "sampling_rate": 16000}
+    for item in (clip, TINY_CAPTIONS[0]):
+        preprocess, forward, _ = pipe._sanitize_parameters(dim=8)
+        single = pipe.postprocess(pipe._forward(pipe.preprocess(item, **preprocess), **forward))
+        np.testing.assert_allclose(single, pipe(item, dim=8), atol=1e-6)
+        assert single.shape == (8,)
+
+
 @pytest.mark.fixtures
 def test_embedding_pipeline_on_real_recordings(real_model, real_processor, animal_files):
     pipe = WavLinkEmbeddingPipeline(model=real_model, processor=real_processor, device=torch.device("cpu"))

@@ -7,7 +7,6 @@ items accelerate repeats to even out processes, and the padding that makes batch
 """
 
 import contextlib
-import os
 
 import numpy as np
 import torch
@@ -17,25 +16,10 @@ from tqdm.auto import tqdm
 
 from processing_wavlink import describe_audio, load_audio
 
+from .data import clip_duration
 from .metrics import retrieval_metrics
 
 SAMPLE_RATE = 16000
-
-
-def clip_duration(clip) -> float:
-    """Seconds of audio in `clip` from its file header when possible (no decode); 0 when unknown."""
-    import soundfile
-
-    path = clip if isinstance(clip, (str, os.PathLike)) else clip.get("path") if isinstance(clip, dict) else None
-    if isinstance(clip, dict) and clip.get("array") is not None:
-        return len(clip["array"]) / clip["sampling_rate"]
-    if path is None:
-        return 0.0
-    try:
-        info = soundfile.info(path)
-    except Exception:
-        return 0.0
-    return info.frames / info.samplerate
 
 
 def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
