@@ -210,8 +210,9 @@ class WavLinkPreTrainedModel(PreTrainedModel):
     main_input_name = "input_features"
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
+    # The padded-audio mask is an additive (batch, 1, 1, keys) float mask: eager and SDPA take it. Flash-attention
+    # kernels take a different mask (varlen or none), so they are not declared, and transformers refuses them.
     _supports_sdpa = True
-    _supports_flash_attn = True
     _no_split_modules = ["WhisperEncoderLayer"]
 
     def _init_weights(self, module):

@@ -54,9 +54,9 @@ class ModelArguments:
     text_config: str | None = field(default=None, metadata={"help": "JSON text config (with model_type) for a random text tower (no text_tower); its tokenizer is built from the training captions."})
     projection_dim: int | None = field(default=None, metadata={"help": "Shared embedding width d (default: CLIP's projection width, else 512)."})
     matryoshka_dims: list[int] | None = field(default=None, metadata={"help": "Matryoshka prefix sizes (default d, d/2, d/4, d/8)."})
-    loss_type: str = field(default="clip", metadata={"help": "Contrastive loss: clip or siglip."})
-    audio_pooling: str = field(default="global_token", metadata={"help": "global_token (the paper) or mean (ablation)."})
-    text_pooling: str | None = field(default=None, metadata={"help": "eos, cls or mean (default: per text tower family)."})
+    loss_type: str | None = field(default=None, metadata={"help": "Contrastive loss: clip (default for a new model) or siglip. With --model_name_or_path: the checkpoint's unless given."})
+    audio_pooling: str | None = field(default=None, metadata={"help": "global_token (the paper; default for a new model) or mean (ablation). With --model_name_or_path: the checkpoint's unless given (a new global token starts from its initialisation)."})
+    text_pooling: str | None = field(default=None, metadata={"help": "eos, cls or mean (default: per text tower family, or the checkpoint's)."})
     finetune: str = field(default="full", metadata={"help": "Regime: full, lora or projector (both towers frozen)."})
     train_towers: str = field(default="both", metadata={"help": "both, or audio (text tower frozen)."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -68,8 +68,8 @@ class ModelArguments:
     def __post_init__(self):
         _check(self.finetune in FINETUNE, "finetune", f"{self.finetune!r} is not one of {FINETUNE}.")
         _check(self.train_towers in SCOPES, "train_towers", f"{self.train_towers!r} is not one of {SCOPES}.")
-        _check(self.loss_type in ("clip", "siglip"), "loss_type", f"{self.loss_type!r} is not one of ('clip', 'siglip').")
-        _check(self.audio_pooling in ("global_token", "mean"), "audio_pooling", f"{self.audio_pooling!r} is not one of ('global_token', 'mean').")
+        _check(self.loss_type in (None, "clip", "siglip"), "loss_type", f"{self.loss_type!r} is not one of ('clip', 'siglip').")
+        _check(self.audio_pooling in (None, "global_token", "mean"), "audio_pooling", f"{self.audio_pooling!r} is not one of ('global_token', 'mean').")
         _check(self.text_pooling in (None, "eos", "cls", "mean"), "text_pooling", f"{self.text_pooling!r} is not one of ('eos', 'cls', 'mean').")
         _check(self.lora_rank > 0, "lora_rank", "must be positive.")
         _check(self.projection_dim is None or self.projection_dim > 0, "projection_dim", "must be positive.")
@@ -193,19 +193,59 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments
 # ------------------------------------------------------------------------------------------------ model
 
 
-def build_model_and_processor(model_args: ModelArguments, captions_for_tokenizer):
-    from transformers import AutoModel, AutoProcessor, WhisperFeatureExtractor
+def config_overrides(model_args: ModelArguments) -> dict:
+    """The model options given on the command line or in the YAML file (None means "not given")."""
+    given = dict(loss_type=model_args.loss_type, audio_pooling=model_args.audio_pooling,
+                 text_pooling=model_args.text_pooling, matryoshka_dims=model_args.matryoshka_dims)
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def checkpoint_config(model_args: ModelArguments):
+    """The config a run from `--model_name_or_path` trains: the checkpoint's, with the model options given on top.
+
+    Reads only the config, so an option that cannot apply fails before any weights load. `--projection_dim` cannot
+    change (the projectors are trained at the checkpoint's width); the loss, the poolings and the Matryoshka sizes can
+    (a new SigLIP bias or global token starts from its initialisation)."""
+    from configuration_wavlink import WavLinkConfig
+
+    source = model_args.model_name_or_path
+    try:
+        config_dict, _ = WavLinkConfig.get_config_dict(source)
+    except OSError as error:
+        raise ValueError(f"--model_name_or_path: cannot read a config from {source!r} ({error}).") from None
+    if config_dict.get("model_type") != WavLinkConfig.model_type:
+        raise ValueError(f"--model_name_or_path: {source!r} is a {config_dict.get('model_type')!r} checkpoint, not "
+                         "WavLink; start a new model with --audio_tower and --text_tower instead.")
+    checkpoint_dim = config_dict.get("projection_dim")
+    if model_args.projection_dim is not None and model_args.projection_dim != checkpoint_dim:
+        raise ValueError(f"--projection_dim: {model_args.projection_dim} differs from the checkpoint's {checkpoint_dim}, "
+                         "and its projectors are trained at that width; drop the option, or start a new model from "
+                         "--audio_tower and --text_tower.")
+    overrides = config_overrides(model_args)
+    try:
+        config = WavLinkConfig.from_dict({**config_dict, **overrides})
+    except ValueError as error:
+        raise ValueError(f"--{'/--'.join(overrides) or 'model_name_or_path'}: cannot apply to {source!r}: {error}") from None
+    for name, value in overrides.items():
+        if config_dict.get(name) != value:
+            logger.info("%s: %r in the checkpoint, %r for this run", name, config_dict.get(name), value)
+    return config
+
+
+def build_model_and_processor(model_args: ModelArguments, captions_for_tokenizer, config=None):
+    """The model and processor to train. `config` is `checkpoint_config(model_args)` when starting from a checkpoint."""
+    from transformers import AutoProcessor, WhisperFeatureExtractor
 
     from configuration_wavlink import WavLinkConfig
     from modeling_wavlink import WavLinkModel
     from processing_wavlink import WavLinkProcessor
     from wavlink.tokenization import build_word_tokenizer
 
-    overrides = {k: v for k, v in dict(
-        loss_type=model_args.loss_type, audio_pooling=model_args.audio_pooling, text_pooling=model_args.text_pooling,
-        matryoshka_dims=model_args.matryoshka_dims).items() if v is not None}
+    overrides = config_overrides(model_args)
     if model_args.model_name_or_path:
-        model = AutoModel.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, dtype=torch.float32)
+        # The installed WavLink classes load the checkpoint: no code from the folder runs.
+        config = config or checkpoint_config(model_args)
+        model = WavLinkModel.from_pretrained(model_args.model_name_or_path, config=config, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
         return model, processor
     if model_args.audio_tower and model_args.text_tower:
@@ -471,10 +511,15 @@ def train(argv=None):
         raise ValueError("--streaming needs --max_steps (a stream has no length to count epochs by).")
     if data_args.streaming and args.group_by_length:
         raise ValueError("--group_by_length needs durations of the whole set and does not work with --streaming.")
+    # Options that cannot apply to the checkpoint fail here, before any weights load.
+    start_config = checkpoint_config(model_args) if model_args.model_name_or_path else None
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu,
         log_with=None if args.report_to == "none" else args.report_to, project_dir=str(output_dir),
+        # The schedule is sized in optimizer steps and stepped once per optimizer step below. (Accelerate's default
+        # steps it num_processes times per step, for schedules sized by one process's view of the whole data.)
+        step_scheduler_with_optimizer=False,
         # Streaming shards are read by each process itself; batches are never dispatched from process 0.
         dataloader_config=DataLoaderConfiguration(dispatch_batches=False if data_args.streaming else None),
     )
@@ -487,7 +532,8 @@ def train(argv=None):
     if eval_data:
         check_eval_clips(eval_data[0])
     needs_tokenizer = model_args.model_name_or_path is None and model_args.text_config is not None
-    model, processor = build_model_and_processor(model_args, sample_captions(train_table) if needs_tokenizer else None)
+    model, processor = build_model_and_processor(model_args, sample_captions(train_table) if needs_tokenizer else None,
+                                                 config=start_config)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_regime(model, model_args)
@@ -536,13 +582,16 @@ def train(argv=None):
     dims = base_model.config.matryoshka_dims
     loss_type = base_model.config.loss_type
     if accelerator.is_main_process:
-        run_config = {**asdict(model_args), **asdict(data_args), **asdict(args)}
+        # The model options as they apply (from the checkpoint where not given), not as typed.
+        effective = {name: getattr(base_model.config, name) for name in
+                     ("projection_dim", "matryoshka_dims", "loss_type", "audio_pooling", "text_pooling")}
+        run_config = {**asdict(model_args), **effective, **asdict(data_args), **asdict(args)}
         accelerator.init_trackers("wavlink", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in run_config.items()})
     log_jsonl = JsonlLogger(output_dir / "log.jsonl", accelerator.is_main_process)
 
     model.train()
     progress = tqdm(total=max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
-    window_start, window_samples, window_loss, window_micro = time.perf_counter(), 0, 0.0, 0
+    window_start, window_samples, window_loss, window_micro = time.perf_counter(), 0, torch.zeros((), device=accelerator.device), 0
     last_results = None
     while state.step < max_steps:
         if batch_sampler is not None:
@@ -563,14 +612,15 @@ def train(argv=None):
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
                 optimizer.zero_grad()
             state.batches_in_epoch += 1
             totals = accelerator.reduce(torch.stack([num_bad, num_samples]).to(accelerator.device), reduction="sum")
             state.bad_samples += int(totals[0])
             state.samples_seen += int(totals[1])
             window_samples += int(totals[1]) - int(totals[0])
-            window_loss += loss.detach().item()
+            window_loss += loss.detach().float()
             window_micro += 1
             if not accelerator.sync_gradients:
                 continue
@@ -579,14 +629,16 @@ def train(argv=None):
             check_bad_fraction(state, data_args.max_bad_sample_fraction)
             if state.step % args.logging_steps == 0 or state.step == max_steps:
                 elapsed = time.perf_counter() - window_start
-                record = {"step": state.step, "epoch": state.epoch, "loss": window_loss / window_micro,
+                # Each process's loss is its rows' share of the global batch; their mean is the global batch's loss.
+                global_loss = float(accelerator.reduce(window_loss / window_micro, reduction="mean"))
+                record = {"step": state.step, "epoch": state.epoch, "loss": global_loss,
                           "lr": scheduler.get_last_lr()[0], "samples_per_second": window_samples / elapsed,
-                          "logit_scale": float(logit_scale), "bad_samples": state.bad_samples,
+                          "logit_scale": float(logit_scale), "samples_seen": state.samples_seen, "bad_samples": state.bad_samples,
                           "num_processes": accelerator.num_processes}
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_second']:.1f}")
                 accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
                 log_jsonl(record)
-                window_start, window_samples, window_loss, window_micro = time.perf_counter(), 0, 0.0, 0
+                window_start, window_samples, window_loss, window_micro = time.perf_counter(), 0, torch.zeros_like(window_loss), 0
             if eval_data and args.eval_steps and state.step % args.eval_steps == 0 and state.step != max_steps:
                 last_results = evaluate_and_log(accelerator, model, processor, eval_data, args, dims, state, log_jsonl)
             if args.save_steps and state.step % args.save_steps == 0:

@@ -198,3 +198,23 @@ def test_real_animals_as_a_10_way_zero_shot_set(fixtures, real_model, real_proce
     for metrics in record["results"].values():
         assert 0 <= metrics["top1_accuracy"] <= 100 and metrics["top5_accuracy"] >= metrics["top1_accuracy"]
     print(capsys.readouterr().out)
+
+
+def test_each_distinct_text_is_embedded_once_and_identical_texts_tie_exactly(saved_model):
+    from wavlink.loading import load_model_and_processor
+
+    model, processor = load_model_and_processor(str(saved_model))
+    rows_embedded, text_features = [], model.get_text_features
+
+    def counting(**inputs):
+        rows_embedded.append(inputs["input_ids"].shape[0])
+        return text_features(**inputs)
+
+    model.get_text_features = counting
+    texts = ["white noise", "a rising sweep", "white noise", "three short beeps", "white noise"]
+    embeds = embed_texts(model, processor, texts, batch_size=2, progress=False)
+    assert sum(rows_embedded) == 3 and embeds.shape == (5, 16)
+    assert np.array_equal(embeds[0], embeds[2]) and np.array_equal(embeds[0], embeds[4])
+    with torch.no_grad():
+        alone = text_features(**processor(text=["a rising sweep"])).pooler_output[0].numpy()
+    np.testing.assert_allclose(embeds[1], alone, atol=1e-5)

@@ -225,6 +225,29 @@ def test_gradient_checkpointing_and_attention_implementations_agree():
         torch.testing.assert_close(results[name][1], results["sdpa"][1], rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("implementation", ["flash_attention_2", "flex_attention"])
+def test_attention_backends_that_cannot_take_the_padding_mask_are_refused(implementation):
+    # The padded-audio mask is an additive float mask; kernels that need another mask form are not declared.
+    with pytest.raises(ValueError, match="does not support"):
+        WavLinkModel(tiny_config(attn_implementation=implementation))
+    model = tiny_model()
+    with pytest.raises(ValueError, match="does not support"):
+        model.set_attn_implementation(implementation)
+
+
+def test_eager_and_sdpa_give_the_same_padded_batch_embeddings():
+    processor = tiny_processor()
+    batch = processor(audio=[noise(0.6), noise(2.3, seed=1), noise(1.1, seed=2)], sampling_rate=16000)
+    assert not bool(batch["input_features_mask"].all())
+    embeds = {}
+    for implementation in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        model = WavLinkModel(tiny_config(attn_implementation=implementation)).eval()
+        with torch.no_grad():
+            embeds[implementation] = model.get_audio_features(**batch).pooler_output
+    torch.testing.assert_close(embeds["eager"], embeds["sdpa"], rtol=0, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ from_towers
 
 

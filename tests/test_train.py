@@ -99,6 +99,58 @@ def test_help_documents_every_option(capsys):
             assert f"--{f.name}" in text and f.metadata.get("help"), f.name
 
 
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory, synthetic):
+    """A saved WavLink folder (CLIP loss, global token, d=16) to start runs from."""
+    from conftest import tiny_model, tiny_processor
+
+    folder = tmp_path_factory.mktemp("checkpoint")
+    tiny_model(seed=2).save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    return folder
+
+
+def checkpoint_run_config(path, synthetic, checkpoint, **overrides) -> str:
+    config = write_config(path, synthetic, model_name_or_path=str(checkpoint), save_steps=None, eval_file=None, **overrides)
+    values = yaml.safe_load(Path(config).read_text())
+    values.pop("audio_config"), values.pop("text_config")
+    Path(config).write_text(yaml.safe_dump(values))
+    return config
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--projection_dim", "8"], "--projection_dim: 8 differs from the checkpoint's 16"),
+        (["--matryoshka_dims", "16", "5", "10"], "--matryoshka_dims: cannot apply"),
+    ],
+)
+def test_model_options_that_cannot_apply_to_a_checkpoint_fail_before_weights_load(tmp_path, synthetic, saved_checkpoint,
+                                                                                 flags, needle, monkeypatch):
+    config = checkpoint_run_config(tmp_path / "c.yaml", synthetic, saved_checkpoint, max_steps=1)
+    monkeypatch.setattr(train, "build_model_and_processor", lambda *a, **k: pytest.fail("weights loaded before validation"))
+    with pytest.raises(ValueError, match=needle):
+        train.train([config, "--output_dir", str(tmp_path / "out"), *flags])
+
+
+def test_model_options_given_with_a_checkpoint_apply_and_are_saved(tmp_path, synthetic, saved_checkpoint):
+    config = checkpoint_run_config(tmp_path / "c.yaml", synthetic, saved_checkpoint, max_steps=1)
+    flags = ["--loss_type", "siglip", "--matryoshka_dims", "16", "4", "--audio_pooling", "mean", "--text_pooling", "cls",
+             "--projection_dim", "16"]
+    model, _, final = train.train([config, "--output_dir", str(tmp_path / "out"), *flags])
+    saved = json.loads((final / "config.json").read_text())
+    assert (saved["loss_type"], saved["matryoshka_dims"], saved["audio_pooling"], saved["text_pooling"]) == \
+        ("siglip", [16, 4], "mean", "cls")
+    trained = weights(final)
+    assert "logit_head.logit_bias" in trained and "audio_global_token.embedding" not in trained
+    start = weights(saved_checkpoint)
+    assert not torch.equal(trained["audio_projection.weight"], start["audio_projection.weight"])
+    # options not given keep the checkpoint's values
+    _, _, kept = train.train([config, "--output_dir", str(tmp_path / "kept")])
+    saved = json.loads((kept / "config.json").read_text())
+    assert (saved["loss_type"], saved["matryoshka_dims"], saved["audio_pooling"]) == ("clip", [16, 8, 4, 2], "global_token")
+
+
 # ------------------------------------------------------------------------------------------------ data
 
 
@@ -306,27 +358,60 @@ def test_kill_and_resume_continues_exactly(tmp_path, synthetic):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6)
 
 
+def logged_steps(output_dir) -> list[dict]:
+    return [r for r in read_log(output_dir) if "loss" in r]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["clip", "siglip"])
 def test_two_processes_match_one_process_on_the_global_batch(tmp_path, synthetic, loss_type):
-    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=2, save_steps=None, eval_file=None,
-                          loss_type=loss_type, weight_decay=0.0, warmup_ratio=0.0, lr_scheduler_type="constant")
+    """The default schedule (warm-up, then cosine) over several steps: same LR at every step, same logged (global)
+    loss and sample count, same parameters after the run as one process holding the global batch."""
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=6, save_steps=None, eval_file=None,
+                          loss_type=loss_type, warmup_ratio=0.34)
     single = tmp_path / "single"
     train.train([config, "--output_dir", str(single), "--per_device_train_batch_size", "8"])
     result = run_two_cpu_processes([str(ROOT / "train.py"), config, "--output_dir", str(tmp_path / "double"),
                                     "--per_device_train_batch_size", "4"])
     assert result.returncode == 0, result.stderr[-3000:]
-    double_log = [r for r in read_log(tmp_path / "double") if "loss" in r]
-    single_log = [r for r in read_log(single) if "loss" in r]
-    # the loss each process reports is its local share; it averages to the single-process loss
-    assert len(double_log) == len(single_log) == 2
+    double_log, single_log = logged_steps(tmp_path / "double"), logged_steps(single)
+    assert [r["step"] for r in double_log] == [r["step"] for r in single_log] == [1, 2, 3, 4, 5, 6]
     assert double_log[0]["num_processes"] == 2 and single_log[0]["num_processes"] == 1
+    lrs = [r["lr"] for r in single_log]
+    assert lrs[0] < lrs[1] and lrs[1] > lrs[2] > lrs[-1], f"not warm-up then decay: {lrs}"
+    for one, two in zip(single_log, double_log):
+        assert two["lr"] == pytest.approx(one["lr"], rel=1e-12), one["step"]
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-5), one["step"]
+        assert two["samples_seen"] == one["samples_seen"] == 8 * one["step"]
     expected, got = weights(single / "final"), weights(tmp_path / "double" / "final")
     initial = initial_state(config, synthetic)
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=2e-6)
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=5e-6)
     for name in ("audio_global_token.embedding", "audio_projection.weight", "audio_model.layers.0.fc1.weight"):
         assert (expected[name] - initial[name]).abs().max() > 1e-4, f"{name} did not train; the comparison proves nothing"
+
+
+@pytest.mark.slow
+def test_two_process_schedule_with_accumulation_and_resume_follows_one_process(tmp_path, synthetic):
+    """Linear schedule with gradient accumulation: the LR at every optimizer step of a 2-process run, and of a
+    2-process run resumed from its checkpoint, equals the 1-process LR."""
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=8, save_steps=4, eval_file=None, warmup_ratio=0.25,
+                          lr_scheduler_type="linear", gradient_accumulation_steps=2, save_total_limit=5)
+    single = tmp_path / "single"
+    train.train([config, "--output_dir", str(single), "--per_device_train_batch_size", "8"])
+    expected = {r["step"]: r["lr"] for r in logged_steps(single)}
+    assert list(expected) == list(range(1, 9)) and expected[2] == pytest.approx(1e-3) and expected[8] == 0.0
+    double = tmp_path / "double"
+    result = run_two_cpu_processes([str(ROOT / "train.py"), config, "--output_dir", str(double),
+                                    "--per_device_train_batch_size", "4"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {r["step"]: r["lr"] for r in logged_steps(double)} == pytest.approx(expected, rel=1e-12)
+    resumed = tmp_path / "resumed"
+    result = run_two_cpu_processes([str(ROOT / "train.py"), config, "--output_dir", str(resumed),
+                                    "--per_device_train_batch_size", "4",
+                                    "--resume_from_checkpoint", str(double / "checkpoint-4")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {r["step"]: r["lr"] for r in logged_steps(resumed)} == pytest.approx({s: expected[s] for s in range(5, 9)}, rel=1e-12)
 
 
 @pytest.mark.fixtures

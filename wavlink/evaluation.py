@@ -94,14 +94,22 @@ def embed_clips(model, processor, clips, batch_size=16, accelerator=None, progre
 
 
 def embed_texts(model, processor, texts, batch_size=64, accelerator=None, progress=True, autocast_dtype=None):
-    """`(len(texts), d)` L2-normalised text embeddings at full width."""
-    lengths = [len(ids) for ids in processor.tokenizer(list(texts), truncation=True)["input_ids"]]
+    """`(len(texts), d)` L2-normalised text embeddings at full width.
+
+    Each distinct text is embedded once and its row reused: identical captions then tie exactly (embedded in
+    different padded batches they would differ by float noise, which the pessimistic tie rule turns into ranks),
+    and sets whose captions repeat embed faster."""
+    texts = list(texts)
+    unique = list(dict.fromkeys(texts))
+    row_of = {text: row for row, text in enumerate(unique)}
+    lengths = [len(ids) for ids in processor.tokenizer(unique, truncation=True)["input_ids"]]
 
     def make_inputs(batch, indices):
         return dict(processor(text=list(batch)))
 
-    return _embed(model, list(texts), length_sorted_batches(lengths, batch_size), make_inputs, model.get_text_features,
-                  accelerator, "text", progress, autocast_dtype)
+    embeds = _embed(model, unique, length_sorted_batches(lengths, batch_size), make_inputs, model.get_text_features,
+                    accelerator, "text", progress, autocast_dtype)
+    return embeds[[row_of[text] for text in texts]]
 
 
 def at_dim(embeds: np.ndarray, dim: int) -> np.ndarray:
