@@ -121,11 +121,13 @@ def matryoshka_contrastive_loss(
     for dim in dims:
         audio, text = _prefix(audio_embeds, dim), _prefix(text_embeds, dim)
         if loss_type == "clip":
-            losses.append(clip_loss(audio, text, logit_scale, _prefix(all_audio_embeds, dim), _prefix(all_text_embeds, dim), offset))
+            losses.append(clip_loss(audio, text, logit_scale, all_audio_embeds=_prefix(all_audio_embeds, dim),
+                                    all_text_embeds=_prefix(all_text_embeds, dim), offset=offset))
         elif loss_type == "siglip":
             if logit_bias is None:
                 raise ValueError("siglip loss needs logit_bias")
-            losses.append(siglip_loss(audio, text, logit_scale, logit_bias, _prefix(all_text_embeds, dim), offset))
+            losses.append(siglip_loss(audio, text, logit_scale, logit_bias,
+                                      all_text_embeds=_prefix(all_text_embeds, dim), offset=offset))
         else:
             raise ValueError(f"loss_type={loss_type!r} is not valid; allowed values: 'clip', 'siglip'.")
     return torch.stack(losses).mean()
@@ -436,7 +438,8 @@ class WavLinkModel(WavLinkPreTrainedModel):
                 )
             dims = self.config.matryoshka_dims if dim is None else [d for d in self.config.matryoshka_dims if d <= dim]
             loss = matryoshka_contrastive_loss(
-                audio_embeds, text_embeds, logit_scale, logit_bias, self.config.loss_type, dims
+                audio_embeds, text_embeds, logit_scale=logit_scale, logit_bias=logit_bias,
+                loss_type=self.config.loss_type, matryoshka_dims=dims,
             )
         return WavLinkOutput(
             loss=loss,

@@ -12,11 +12,9 @@ step sees `per_device_train_batch_size * num_processes` negatives. Gradient accu
 each micro-batch is its own contrastive problem.
 """
 
-import ctypes
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -25,22 +23,15 @@ from pathlib import Path
 
 import torch
 
+from wavlink.training.checkpoints import TrainerState, resolve_resume, save_checkpoint
+from wavlink.training.memory import release_freed_memory
+from wavlink.training.regimes import apply_regime, count_parameters, parameter_groups
+
 logger = logging.getLogger("wavlink.train")
 
 FINETUNE = ("full", "lora", "projector")
 SCOPES = ("both", "audio")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-# LoRA targets per tower family (attention projections).
-LORA_TARGETS = {
-    "whisper": ["q_proj", "k_proj", "v_proj", "out_proj"],
-    "clip_text_model": ["q_proj", "k_proj", "v_proj", "out_proj"],
-    "modernbert": ["Wqkv", "Wo"],
-}
-LORA_TARGETS_BERT_LIKE = ["query", "key", "value"]
-# Trained and saved beside LoRA adapters: the parts of WavLink that are new, not pretrained tower weights.
-WAVLINK_HEADS = ["audio_global_token", "audio_projection", "text_projection", "logit_head"]
-
-
 def _check(condition: bool, option: str, message: str) -> None:
     if not condition:
         raise ValueError(f"--{option}: {message}")
@@ -242,7 +233,7 @@ def build_model_and_processor(model_args: ModelArguments, captions_for_tokenizer
     from configuration_wavlink import WavLinkConfig
     from modeling_wavlink import WavLinkModel
     from processing_wavlink import WavLinkProcessor
-    from wavlink.tokenization import build_word_tokenizer
+    from wavlink.training.tokenization import build_word_tokenizer
 
     overrides = config_overrides(model_args)
     if model_args.model_name_or_path:
@@ -268,64 +259,16 @@ def build_model_and_processor(model_args: ModelArguments, captions_for_tokenizer
     return model, WavLinkProcessor(extractor, tokenizer)
 
 
-def lora_target_modules(model, model_args: ModelArguments) -> str:
-    """A regex over module names: LoRA on the attention projections of the towers in scope."""
-    if model_args.lora_target_modules:
-        names = model_args.lora_target_modules
-        towers = ["audio_model"] + (["text_model"] if model_args.train_towers == "both" else [])
-    else:
-        names = list(LORA_TARGETS["whisper"])
-        towers = ["audio_model"]
-        if model_args.train_towers == "both":
-            names += LORA_TARGETS.get(model.config.text_config.model_type, LORA_TARGETS_BERT_LIKE)
-            towers.append("text_model")
-    return rf"^({'|'.join(towers)})\..*\.({'|'.join(sorted(set(names)))})$"
-
-
-def apply_regime(model, model_args: ModelArguments):
-    """Freeze or wrap the model for the chosen regime; returns the model to train."""
-    if model_args.finetune == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        present = [name for name in WAVLINK_HEADS if getattr(model, name, None) is not None]
-        config = LoraConfig(r=model_args.lora_rank, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-                            target_modules=lora_target_modules(model, model_args), modules_to_save=present)
-        return get_peft_model(model, config)
-    if model_args.finetune == "projector":
-        model.audio_model.requires_grad_(False)
-        model.text_model.requires_grad_(False)
-    elif model_args.train_towers == "audio":
-        model.text_model.requires_grad_(False)
-    # Whisper keeps its sinusoidal positions fixed whatever the regime.
-    model.audio_model.embed_positions.requires_grad_(False)
-    return model
-
-
-def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
-
-
-def parameter_groups(model, weight_decay: float):
-    """Weight decay on matrices only: never on norms, biases, the temperature/bias or the global token."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "logit_head" in name or "global_token" in name else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 # ------------------------------------------------------------------------------------------------ data
 
 
 def load_tables(data_args: DataArguments, output_dir: str, accelerator):
-    from wavlink.data import combine_tables, load_caption_table
+    from wavlink.training.data import combine_tables, load_caption_table
 
     train_files = list(data_args.train_files or [])
     eval_file = data_args.eval_file
     if data_args.synthetic_demo:
-        from wavlink.synthetic import generate_dataset
+        from wavlink.training.synthetic import generate_dataset
 
         data_dir = Path(output_dir) / "data"
         if accelerator.is_main_process:
@@ -349,7 +292,7 @@ def load_tables(data_args: DataArguments, output_dir: str, accelerator):
 
 
 def eval_clips_and_captions(table):
-    from wavlink.data import describe_row, parse_captions
+    from wavlink.training.data import describe_row, parse_captions
 
     clips, captions = [], []
     for index, row in enumerate(table):
@@ -377,7 +320,7 @@ def check_eval_clips(clips) -> None:
 
 def sample_captions(table, limit: int = 20000) -> list[str]:
     """Captions to build a demo tokenizer from (every phrasing in the first `limit` rows)."""
-    from wavlink.data import parse_captions
+    from wavlink.training.data import parse_captions
 
     captions = []
     for index, row in enumerate(table.select_columns(["caption"])):
@@ -393,89 +336,11 @@ def sample_captions(table, limit: int = 20000) -> list[str]:
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-class TrainerState:
-    """Progress saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
-
-    def __init__(self):
-        self.step = 0
-        self.epoch = 0
-        self.batches_in_epoch = 0
-        self.samples_seen = 0
-        self.bad_samples = 0
-
-    def state_dict(self):
-        return dict(vars(self))
-
-    def load_state_dict(self, state):
-        for key, value in state.items():
-            setattr(self, key, value)
-
-
-def list_checkpoints(output_dir) -> list[Path]:
-    """Complete checkpoints, oldest first (an interrupted save leaves only a `.tmp` folder, which is ignored)."""
-    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted((p for p in folders if (p / "trainer_state.json").exists()), key=lambda p: int(p.name.split("-")[-1]))
-
-
-def save_checkpoint(accelerator, output_dir, state: TrainerState, keep: int) -> Path:
-    """Write `checkpoint-<step>` atomically: save into a temporary folder, then rename. A crash mid-save leaves
-    the previous checkpoint untouched; the oldest beyond `keep` are removed only after the new one is whole."""
-    final = Path(output_dir) / f"checkpoint-{state.step}"
-    partial = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    if accelerator.is_main_process:
-        (partial / "trainer_state.json").write_text(json.dumps(state.state_dict()))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def resolve_resume(path: str | None, output_dir: str) -> Path | None:
-    if not path:
-        return None
-    if path == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    if not (Path(path) / "trainer_state.json").exists():
-        raise ValueError(f"--resume_from_checkpoint: {path!r} is not a complete checkpoint folder.")
-    return Path(path)
-
-
 # ------------------------------------------------------------------------------------------------ training
 
 
-def gather_with_grad(tensor: torch.Tensor, accelerator) -> torch.Tensor:
-    """All-gather that carries gradients back to every process (accelerator.gather does not)."""
-    if accelerator.num_processes == 1:
-        return tensor
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(tensor.contiguous()), dim=0)
-
-
-def contrastive_step_loss(model, batch, accelerator, loss_type, dims):
-    from modeling_wavlink import matryoshka_contrastive_loss
-
-    outputs = model(**batch)
-    audio, text = outputs.audio_embeds.float(), outputs.text_embeds.float()
-    world = accelerator.num_processes
-    all_audio = gather_with_grad(audio, accelerator) if world > 1 else None
-    all_text = gather_with_grad(text, accelerator) if world > 1 else None
-    loss = matryoshka_contrastive_loss(audio, text, outputs.logit_scale.float(),
-                                       None if outputs.logit_bias is None else outputs.logit_bias.float(),
-                                       loss_type, dims, all_audio, all_text, offset=accelerator.process_index * audio.shape[0])
-    return loss, outputs.logit_scale.detach()
-
-
 def run_evaluation(model, processor, eval_data, accelerator, batch_size, dims):
-    from wavlink.evaluation import evaluate_retrieval
+    from wavlink.evaluation.tasks import evaluate_retrieval
 
     clips, captions = eval_data
     was_training = model.training
@@ -507,7 +372,8 @@ def train(argv=None):
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from wavlink.data import AudioCaptionCollator, AudioCaptionDataset, LengthGroupedBatchSampler, StreamingAudioCaptionDataset
+    from wavlink.training.loss import DistributedContrastiveLoss
+    from wavlink.training.data import AudioCaptionCollator, AudioCaptionDataset, LengthGroupedBatchSampler, StreamingAudioCaptionDataset
 
     model_args, data_args, args = parse_args(argv)  # every option is validated here, before any weights load
     if data_args.streaming and not args.max_steps:
@@ -584,6 +450,7 @@ def train(argv=None):
 
     dims = base_model.config.matryoshka_dims
     loss_type = base_model.config.loss_type
+    contrastive_loss = DistributedContrastiveLoss(loss_type, dims, accelerator.process_index, accelerator.num_processes)
     if accelerator.is_main_process:
         # The model options as they apply (from the checkpoint where not given), not as typed.
         effective = {name: getattr(base_model.config, name) for name in
@@ -610,7 +477,9 @@ def train(argv=None):
         for batch in epoch_loader:
             num_bad, num_samples = batch.pop("num_bad"), batch.pop("num_samples")
             with accelerator.accumulate(model):
-                loss, logit_scale = contrastive_step_loss(model, batch, accelerator, loss_type, dims)
+                outputs = model(**batch)
+                loss, logit_scale = contrastive_loss(outputs), outputs.logit_scale.detach()
+                del outputs  # the towers' activations are not kept alive past the backward pass
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -660,12 +529,12 @@ def train(argv=None):
     final_dir = save_final(accelerator, model, processor, model_args, output_dir)
     if last_results and accelerator.is_main_process:
         # recorded beside the model, so `wavlink-push` puts them in the model card
-        from wavlink.cards import add_results
+        from wavlink.hub.cards import add_results
 
         add_results(final_dir, [{"task": "retrieval", "dataset": "held-out", "model": str(final_dir),
                                  "results": {str(d): m for d, m in last_results.items()}, "num_clips": len(eval_data[0])}])
     if args.push_to_hub and accelerator.is_main_process:
-        from wavlink.hub import push_folder
+        from wavlink.hub.push import push_folder
 
         training = {"regime": model_args.finetune, "towers trained": model_args.train_towers, "loss": loss_type,
                     "steps": state.step, "samples seen": state.samples_seen, "learning rate": args.learning_rate,
@@ -677,26 +546,6 @@ def train(argv=None):
     if accelerator.is_main_process:
         report(last_results, final_dir, state, len(eval_data[0]) if eval_data else 0)
     return accelerator.unwrap_model(model), processor, final_dir
-
-
-def release_freed_memory() -> None:
-    """Return the C heap's free pages to the OS (glibc `malloc_trim`).
-
-    Every batch of a length-grouped or variable-length run has new tensor shapes. glibc serves the large, short-lived
-    activation buffers from its heaps and keeps what they free, fragmented, so resident memory climbs for as long as
-    the run lasts (measured: 3.0 GB at step 32, 6.4 GB at step 670, still rising; `benchmarks/bench_train_memory.py`).
-    Trimming after each step keeps it flat (the benchmark reports its cost per step). A no-op where glibc is absent."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else False
-        except OSError:
-            _LIBC = False
-    if _LIBC and hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
-
-
-_LIBC = None
 
 
 def check_bad_fraction(state: TrainerState, limit: float, minimum_seen: int = 50) -> None:

@@ -79,8 +79,8 @@ def main(argv=None):
     # quality on a trained model
     demo = Path(args.demo_model)
     if (demo / "config.json").exists() and (demo.parent / "data" / "eval.csv").exists():
-        from wavlink.eval_data import read_retrieval_set
-        from wavlink.evaluation import evaluate_retrieval
+        from wavlink.evaluation.readers import read_retrieval_set
+        from wavlink.evaluation.tasks import evaluate_retrieval
         from wavlink.loading import load_model_and_processor
 
         trained, trained_processor = load_model_and_processor(str(demo))

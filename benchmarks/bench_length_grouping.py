@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from common import base_parser, markdown, median, pick_device, whisper_processor, write_result
 
-from wavlink.data import LengthGroupedBatchSampler
+from wavlink.training.data import LengthGroupedBatchSampler
 
 DEMO_AUDIO = dict(d_model=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=512, num_mel_bins=80,
                   decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from common import base_parser, markdown, median, pick_device, synchronize, write_result
 
-from wavlink.index import quantize_int8
+from wavlink.search.index import quantize_int8
 
 
 def main(argv=None):

@@ -4,7 +4,7 @@ real tokenisation of caption-length text), fp32 and bf16 interleaved."""
 import torch
 from common import TEXT_SHAPES, base_parser, build_wavlink, interleave, markdown, median, pick_device, scale_defaults, write_result
 
-from wavlink.tokenization import build_word_tokenizer
+from wavlink.training.tokenization import build_word_tokenizer
 
 WORDS = "a dog barks in the distance while rain falls on a metal roof and cars pass by slowly".split()
 

@@ -18,15 +18,16 @@ sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import torch
 from common import build_wavlink, noise_clips, whisper_processor, TEXT_SHAPES
 import train
+from wavlink.training.regimes import apply_regime, parameter_groups
 from modeling_wavlink import matryoshka_contrastive_loss
 device = torch.device({device!r})
 model = build_wavlink({shape!r}, text_shape=TEXT_SHAPES["minilm-l6"], device=device)
 args = train.ModelArguments(model_name_or_path="x", finetune={regime!r}, lora_rank=8)
-model = train.apply_regime(model, args)
+model = apply_regime(model, args)
 if {checkpointing}:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={{"use_reentrant": False}})
 model.train()
-optimizer = torch.optim.AdamW(train.parameter_groups(model, 0.1), lr=1e-4)
+optimizer = torch.optim.AdamW(parameter_groups(model, 0.1), lr=1e-4)
 processor = whisper_processor(["a dog barks in the rain"] * 2)
 clips = noise_clips({batch}, {seconds})
 batch = {{k: v.to(device) for k, v in processor(audio=clips, sampling_rate=16000, text=["a dog barks in the rain"] * {batch}).items()}}
@@ -34,8 +35,8 @@ autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled={bf16})
 def step():
     with autocast:
         out = model(**batch)
-        loss = matryoshka_contrastive_loss(out.audio_embeds.float(), out.text_embeds.float(), out.logit_scale, out.logit_bias,
-                                           "clip", [512, 256, 128, 64])
+        loss = matryoshka_contrastive_loss(out.audio_embeds.float(), out.text_embeds.float(), logit_scale=out.logit_scale,
+                                           logit_bias=out.logit_bias, loss_type="clip", matryoshka_dims=[512, 256, 128, 64])
     loss.backward(); optimizer.step(); optimizer.zero_grad()
     if device.type == "cuda": torch.cuda.synchronize()
 for _ in range(2): step()

@@ -170,6 +170,6 @@ def whisper_processor(text_captions=("a sound",)):
     from transformers import WhisperFeatureExtractor
 
     from processing_wavlink import WavLinkProcessor
-    from wavlink.tokenization import build_word_tokenizer
+    from wavlink.training.tokenization import build_word_tokenizer
 
     return WavLinkProcessor(WhisperFeatureExtractor(feature_size=80, return_attention_mask=False), build_word_tokenizer(text_captions))

@@ -19,7 +19,7 @@ from configuration_wavlink import WavLinkConfig  # noqa: E402
 from modeling_wavlink import WavLinkModel  # noqa: E402
 from processing_wavlink import WavLinkProcessor  # noqa: E402
 from transformers import WhisperFeatureExtractor  # noqa: E402
-from wavlink.tokenization import build_word_tokenizer  # noqa: E402
+from wavlink.training.tokenization import build_word_tokenizer  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

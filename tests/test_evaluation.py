@@ -9,11 +9,12 @@ import torch
 from conftest import run_two_cpu_processes, tiny_model, tiny_processor
 from huggingface_hub import ModelCard
 
-from wavlink import eval_cli
-from wavlink.eval_data import read_classification_set, read_multiple_choice_set, read_retrieval_set
-from wavlink.evaluation import embed_clips, embed_texts, evaluate_multiple_choice, multiple_choice_text
-from wavlink.metrics import retrieval_metrics
-from wavlink.synthetic import generate_dataset
+from wavlink.evaluation import cli as eval_cli
+from wavlink.evaluation.readers import read_classification_set, read_multiple_choice_set, read_retrieval_set
+from wavlink.evaluation.embedding import embed_clips, embed_texts
+from wavlink.evaluation.tasks import evaluate_multiple_choice, multiple_choice_text
+from wavlink.evaluation.metrics import retrieval_metrics
+from wavlink.training.synthetic import generate_dataset
 
 CAPTION_WORDS = ["a steady low pitched sine tone", "white noise", "three short beeps", "a rising sweep", "a high tone",
                  "this is a sound of tone", "noise", "beeps", "sweep", "what is it?"]
@@ -171,7 +172,7 @@ def test_two_processes_give_the_single_process_results(corpus, saved_model, tmp_
     single = tmp_path / "single"
     assert eval_cli.main(["retrieval", "--model", str(saved_model), "--data", str(table), "--out", str(single),
                           "--batch_size", "5", "--no_progress"]) == 0
-    result = run_two_cpu_processes(["-m", "wavlink.eval_cli", "retrieval", "--model", str(saved_model), "--data", str(table),
+    result = run_two_cpu_processes(["-m", "wavlink.evaluation", "retrieval", "--model", str(saved_model), "--data", str(table),
                                     "--out", str(tmp_path / "double"), "--batch_size", "5", "--no_progress"])
     assert result.returncode == 0, result.stderr[-3000:]
     one = json.loads((single / "retrieval-clotho_two.json").read_text())["results"]

@@ -82,7 +82,7 @@ def test_push_to_hub_then_load_by_repo_id_in_a_fresh_process(hub, tmp_path):
 
 def test_wavlink_push_writes_a_model_card_and_pushes_lora_adapters(hub, tmp_path):
     import train
-    from wavlink.synthetic import generate_dataset
+    from wavlink.training.synthetic import generate_dataset
 
     data = generate_dataset(tmp_path / "data", num_train=32, num_eval=8, seed=2)
     tiny = {"audio_config": {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32,
@@ -98,12 +98,12 @@ def test_wavlink_push_writes_a_model_card_and_pushes_lora_adapters(hub, tmp_path
                                                         "model_name_or_path": str(base_final)}))
     lora_model, processor, lora_final = train.train([str(tmp_path / "lora.yaml"), "--output_dir", str(tmp_path / "lora")])
 
-    from wavlink.hub import main as push
+    from wavlink.hub.push import main as push
 
     assert push([str(tmp_path / "data"), "me/not-a-model"]) == 2  # a folder with no model: one clear error
     run_fresh(
         f"""
-        from wavlink.hub import push_folder
+        from wavlink.hub.push import push_folder
         push_folder({str(base_final)!r}, "me/wavlink-base")
         push_folder({str(lora_final)!r}, "me/wavlink-lora")
         """, hub, tmp_path / "home-push", tmp_path)

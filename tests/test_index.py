@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import run_two_cpu_processes, tiny_model, tiny_processor
 
-from wavlink import index as wavlink_index
-from wavlink.index import AudioIndex, IndexFileError, build_index, quantize_int8, search
-from wavlink.synthetic import generate_dataset
+from wavlink.search import index as wavlink_index
+from wavlink.search.index import AudioIndex, IndexFileError, build_index, quantize_int8, search
+from wavlink.training.synthetic import generate_dataset
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_real_recordings_index(tmp_path, fixtures, real_model, real_processor, c
 def test_two_process_indexing_matches_one_process(setup, tmp_path):
     sounds, model_dir = setup
     single = build_index(sounds, str(model_dir), tmp_path / "one.index", dim=8, chunk=2, progress=False)
-    result = run_two_cpu_processes(["-m", "wavlink.index", str(sounds), "--model", str(model_dir), "--out", str(tmp_path / "two.index"),
+    result = run_two_cpu_processes(["-m", "wavlink.search", str(sounds), "--model", str(model_dir), "--out", str(tmp_path / "two.index"),
                                     "--dim", "8", "--no_progress"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "12 embedded" in result.stdout and "1 unreadable" in result.stdout

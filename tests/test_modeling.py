@@ -184,9 +184,10 @@ def test_sharded_loss_averages_to_the_global_loss(loss_type):
     g = torch.Generator().manual_seed(2)
     a, t = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
     scale, bias = torch.tensor(10.0), torch.tensor(-2.0)
-    full = matryoshka_contrastive_loss(a, t, scale, bias, loss_type, [16, 8])
+    full = matryoshka_contrastive_loss(a, t, logit_scale=scale, logit_bias=bias, loss_type=loss_type, matryoshka_dims=[16, 8])
     shards = [
-        matryoshka_contrastive_loss(a[i : i + 4], t[i : i + 4], scale, bias, loss_type, [16, 8], a, t, offset=i)
+        matryoshka_contrastive_loss(a[i : i + 4], t[i : i + 4], logit_scale=scale, logit_bias=bias, loss_type=loss_type,
+                                    matryoshka_dims=[16, 8], all_audio_embeds=a, all_text_embeds=t, offset=i)
         for i in (0, 4)
     ]
     assert torch.stack(shards).mean().item() == pytest.approx(full.item(), rel=1e-6)

@@ -14,8 +14,9 @@ from conftest import ROOT, run_two_cpu_processes
 from safetensors.torch import load_file
 
 import train
-from wavlink.data import AudioCaptionDataset, LengthGroupedBatchSampler, load_caption_table, parse_captions
-from wavlink.synthetic import generate_dataset
+from wavlink.training.data import AudioCaptionDataset, LengthGroupedBatchSampler, load_caption_table, parse_captions
+from wavlink.training.checkpoints import TrainerState, list_checkpoints, resolve_resume, save_checkpoint
+from wavlink.training.synthetic import generate_dataset
 
 TINY = {
     "audio_config": {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
@@ -302,9 +303,9 @@ def test_atomic_checkpoint_survives_a_crash_mid_save(tmp_path, synthetic, monkey
     accelerator = Accelerator(cpu=True)
     model = torch.nn.Linear(2, 2)
     model = accelerator.prepare(model)
-    state = train.TrainerState()
+    state = TrainerState()
     state.step = 1
-    train.save_checkpoint(accelerator, tmp_path, state, keep=2)
+    save_checkpoint(accelerator, tmp_path, state, keep=2)
 
     def crash(folder, **kwargs):
         Path(folder).mkdir(parents=True)
@@ -314,9 +315,9 @@ def test_atomic_checkpoint_survives_a_crash_mid_save(tmp_path, synthetic, monkey
     monkeypatch.setattr(accelerator, "save_state", crash)
     state.step = 2
     with pytest.raises(OSError):
-        train.save_checkpoint(accelerator, tmp_path, state, keep=2)
-    assert [p.name for p in train.list_checkpoints(tmp_path)] == ["checkpoint-1"]
-    assert train.resolve_resume("latest", tmp_path).name == "checkpoint-1"
+        save_checkpoint(accelerator, tmp_path, state, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-1"]
+    assert resolve_resume("latest", tmp_path).name == "checkpoint-1"
     assert not (tmp_path / "checkpoint-2").exists()
 
 
@@ -344,7 +345,7 @@ def test_kill_and_resume_continues_exactly(tmp_path, synthetic):
         if process.poll() is None:
             process.kill()
     assert not (killed_dir / "final").exists(), "the run finished before the kill; the test proves nothing"
-    resumed_from = train.list_checkpoints(killed_dir)[-1]
+    resumed_from = list_checkpoints(killed_dir)[-1]
     _, _, final = train.train([config, "--output_dir", str(killed_dir), "--resume_from_checkpoint", "latest"])
 
     reference_log = {r["step"]: r for r in read_log(reference_dir) if "loss" in r}

@@ -3,7 +3,7 @@
     wavlink-index ./my_sounds --model me/wavlink-base --out sounds.index --dim 128 [--int8]
     wavlink-search sounds.index "a dog barking far away" -k 5
     wavlink-search sounds.index --audio query.wav -k 5
-    accelerate launch -m wavlink.index ./big_collection --model ... --out big.index   # several GPUs
+    accelerate launch -m wavlink.search ./big_collection --model ... --out big.index   # several GPUs
 
 The index is one SQLite file: the model and settings it was built with, and per file its path, size, mtime,
 duration and embedding (float32, or int8 with a per-vector scale). Every batch is committed as one transaction,
@@ -153,7 +153,7 @@ def build_index(folder, model: str, out, dim: int | None = None, int8: bool = Fa
 
     from processing_wavlink import load_audio
 
-    from .loading import load_model_and_processor
+    from ..loading import load_model_and_processor
     from pipeline_wavlink import WavLinkEmbeddingPipeline
 
     is_main = accelerator is None or accelerator.is_main_process
@@ -215,7 +215,7 @@ def build_index(folder, model: str, out, dim: int | None = None, int8: bool = Fa
 def search(index_path, query: str | None = None, audio: str | None = None, k: int = 5, model: str | None = None,
            progress: bool = True) -> list[tuple[float, str, float]]:
     """Top-`k` `(score, path, duration)` for a text or an audio query (cosine similarity)."""
-    from .loading import load_model_and_processor
+    from ..loading import load_model_and_processor
     from pipeline_wavlink import WavLinkEmbeddingPipeline
 
     if (query is None) == (audio is None):

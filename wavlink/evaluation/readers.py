@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import parse_captions
+from ..training.data import parse_captions
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 

@@ -99,7 +99,7 @@ def render_model_card(config, repo_id: str, records: list[dict] | None = None, t
         lines += [f"| {k} | {v} |" for k, v in training.items()]
         lines.append("")
     if records:
-        from .report import markdown_table
+        from ..evaluation.report import markdown_table
 
         lines += ["## Evaluation", "",
                   "Retrieval follows the WavCaps / LAION-CLAP protocol; audio-to-text mAP@10 uses the ranks of a clip's "

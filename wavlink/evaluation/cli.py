@@ -3,7 +3,7 @@
     wavlink-eval retrieval --model runs/demo/final --data clotho_evaluation.csv --audio_dir clotho/evaluation
     wavlink-eval zero-shot --model me/wavlink-base --data ESC-50-master --fold 1
     wavlink-eval multiple-choice --model me/wavlink-base --data air_bench.json
-    accelerate launch -m wavlink.eval_cli retrieval ...      # several processes or GPUs
+    accelerate launch -m wavlink.evaluation retrieval ...      # several processes or GPUs
 
 Every metric is computed at every Matryoshka dim and written as JSON, a Markdown table and a PNG plot under --out.
 """
@@ -14,14 +14,14 @@ import sys
 
 import torch
 
-from . import eval_data, evaluation
+from . import readers, tasks
 from .report import write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wavlink-eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    tasks = parser.add_subparsers(dest="task", required=True)
+    subcommands = parser.add_subparsers(dest="task", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", required=True, help="saved WavLink folder (full model or LoRA run) or Hub id")
     common.add_argument("--data", required=True, help="the evaluation set (file or folder; see the task)")
@@ -33,28 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--model_card", action="store_true", help="also write the results into <model>/README.md")
     common.add_argument("--no_progress", action="store_true", help="hide progress bars")
 
-    retrieval = tasks.add_parser("retrieval", parents=[common], help="text-to-audio and audio-to-text retrieval")
+    retrieval = subcommands.add_parser("retrieval", parents=[common], help="text-to-audio and audio-to-text retrieval")
     retrieval.add_argument("--audio_dir", default=None, help="audio folder (default: the table's folder)")
     retrieval.add_argument("--layout", default="auto", choices=["auto", "clotho", "audiocaps", "table"])
     retrieval.add_argument("--audio_column", default="audio")
     retrieval.add_argument("--caption_column", default="caption")
     retrieval.add_argument("--audio_template", default="{youtube_id}.wav", help="AudioCaps file name from a row")
 
-    zero_shot = tasks.add_parser("zero-shot", parents=[common], help="zero-shot classification")
+    zero_shot = subcommands.add_parser("zero-shot", parents=[common], help="zero-shot classification")
     zero_shot.add_argument("--layout", default="auto", choices=["auto", "esc50", "us8k", "csv", "folder"])
     zero_shot.add_argument("--fold", type=int, default=None, help="ESC-50/US8K fold to evaluate (default: all)")
-    zero_shot.add_argument("--templates", nargs="+", default=[evaluation.DEFAULT_TEMPLATE],
+    zero_shot.add_argument("--templates", nargs="+", default=[tasks.DEFAULT_TEMPLATE],
                            help="prompt templates with {label}; several are averaged")
     zero_shot.add_argument("--audio_column", default="audio")
     zero_shot.add_argument("--label_column", default="label")
 
-    choice = tasks.add_parser("multiple-choice", parents=[common], help="AIR-Bench-style multiple choice")
+    choice = subcommands.add_parser("multiple-choice", parents=[common], help="AIR-Bench-style multiple choice")
     choice.add_argument("--audio_dir", default=None, help="audio folder (default: the JSON's folder)")
     return parser
 
 
 def run(args, accelerator=None) -> dict:
-    from .loading import load_model_and_processor
+    from ..loading import load_model_and_processor
 
     model, processor = load_model_and_processor(args.model)
     if accelerator is not None:
@@ -67,16 +67,16 @@ def run(args, accelerator=None) -> dict:
                    autocast_dtype=torch.bfloat16 if args.bf16 else None, dims=args.dims)
     extra = {}
     if args.task == "retrieval":
-        data = eval_data.read_retrieval_set(args.data, args.audio_dir, args.layout, args.audio_column, args.caption_column, args.audio_template)
-        results = evaluation.evaluate_retrieval(model, processor, data.clips, data.captions, **options)
+        data = readers.read_retrieval_set(args.data, args.audio_dir, args.layout, args.audio_column, args.caption_column, args.audio_template)
+        results = tasks.evaluate_retrieval(model, processor, data.clips, data.captions, **options)
         extra = {"num_clips": len(data.clips), "num_captions": sum(map(len, data.captions))}
     elif args.task == "zero-shot":
-        data = eval_data.read_classification_set(args.data, args.layout, args.fold, args.audio_column, args.label_column)
-        results = evaluation.evaluate_zero_shot(model, processor, data, templates=args.templates, **options)
+        data = readers.read_classification_set(args.data, args.layout, args.fold, args.audio_column, args.label_column)
+        results = tasks.evaluate_zero_shot(model, processor, data, templates=args.templates, **options)
         extra = {"num_clips": len(data.clips), "num_classes": len(data.labels), "templates": args.templates, "fold": args.fold}
     else:
-        data = eval_data.read_multiple_choice_set(args.data, args.audio_dir)
-        results = evaluation.evaluate_multiple_choice(model, processor, data, **options)
+        data = readers.read_multiple_choice_set(args.data, args.audio_dir)
+        results = tasks.evaluate_multiple_choice(model, processor, data, **options)
         extra = {"num_questions": len(data.clips)}
     name = args.name or data.name
     report = {"results": results}
@@ -86,7 +86,7 @@ def run(args, accelerator=None) -> dict:
         if args.model_card:
             import json
 
-            from .cards import write_model_card
+            from ..hub.cards import write_model_card
 
             record = json.loads(report["json"].read_text())
             report["card"] = write_model_card(args.model, records=[record])

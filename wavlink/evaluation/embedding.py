@@ -1,0 +1,115 @@
+"""The length-sorted embedding loop: every clip and caption embedded once, in batches ordered by length (little
+padding), under `inference_mode`. With an `Accelerator`, batches are split across processes and gathered; each item
+carries its index, so the items accelerate repeats to even out processes, and the padding that makes batch sizes
+equal, are dropped exactly. (`gather_for_metrics` is not used: its remainder logic assumes equal batch sizes, which
+length-sorted batches are not.)
+"""
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from processing_wavlink import describe_audio, load_audio
+
+from ..training.data import clip_duration
+
+SAMPLE_RATE = 16000
+
+
+def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
+    order = np.argsort(-np.asarray(lengths, dtype=np.float64), kind="stable")
+    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+class _IndexedItems(Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return index, self.items[index]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _embed(model, items, batches, make_inputs, features_fn, accelerator, desc, progress, autocast_dtype):
+    def collate(pairs):
+        indices = torch.tensor([p[0] for p in pairs])
+        return indices, make_inputs([p[1] for p in pairs], indices)
+
+    loader = DataLoader(_IndexedItems(items), batch_sampler=batches, collate_fn=collate)
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader, device_placement=False)
+    device = next(model.parameters()).device
+    is_main = accelerator is None or accelerator.is_main_process
+    all_indices, all_embeds = [], []
+    with torch.inference_mode():
+        for indices, inputs in tqdm(loader, desc=desc, disable=not (progress and is_main), leave=False):
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            with _autocast(device, autocast_dtype):
+                embeds = features_fn(**inputs).pooler_output.float()
+            indices = indices.to(device)
+            if accelerator is not None:
+                # Length-sorted batches differ in size across processes, and accelerate repeats items to even out
+                # the last batches: pad to a common size, gather, then keep each index once (padding has index -1).
+                indices = accelerator.pad_across_processes(indices, dim=0, pad_index=-1)
+                embeds = accelerator.pad_across_processes(embeds, dim=0)
+                indices, embeds = accelerator.gather((indices, embeds))
+                keep = indices >= 0
+                indices, embeds = indices[keep], embeds[keep]
+            all_indices.append(indices.cpu())
+            all_embeds.append(embeds.cpu())
+    indices, embeds = torch.cat(all_indices), torch.cat(all_embeds)
+    result = torch.zeros(len(items), embeds.shape[1])
+    seen = torch.zeros(len(items), dtype=torch.bool)
+    result[indices], seen[indices] = embeds, True
+    if not bool(seen.all()):
+        raise RuntimeError(f"{int((~seen).sum())} items were not embedded; this is a bug in batching.")
+    return result.numpy()
+
+
+def embed_clips(model, processor, clips, batch_size=16, accelerator=None, progress=True, autocast_dtype=None, durations=None):
+    """`(len(clips), d)` L2-normalised audio embeddings at full width; clips are anything the processor accepts.
+    Raises `ValueError` naming the clip (index and path) that cannot be decoded."""
+    durations = [clip_duration(c) for c in clips] if durations is None else durations
+
+    def make_inputs(batch, indices):
+        waveforms = [load_audio(c, None, SAMPLE_RATE, name=describe_audio(c, f"clip {int(i)}")) for c, i in zip(batch, indices)]
+        return dict(processor(audio=waveforms, sampling_rate=SAMPLE_RATE))
+
+    return _embed(model, clips, length_sorted_batches(durations, batch_size), make_inputs, model.get_audio_features,
+                  accelerator, "audio", progress, autocast_dtype)
+
+
+def embed_texts(model, processor, texts, batch_size=64, accelerator=None, progress=True, autocast_dtype=None):
+    """`(len(texts), d)` L2-normalised text embeddings at full width.
+
+    Each distinct text is embedded once and its row reused: identical captions then tie exactly (embedded in
+    different padded batches they would differ by float noise, which the pessimistic tie rule turns into ranks),
+    and sets whose captions repeat embed faster."""
+    texts = list(texts)
+    unique = list(dict.fromkeys(texts))
+    row_of = {text: row for row, text in enumerate(unique)}
+    lengths = [len(ids) for ids in processor.tokenizer(unique, truncation=True)["input_ids"]]
+
+    def make_inputs(batch, indices):
+        return dict(processor(text=list(batch)))
+
+    embeds = _embed(model, unique, length_sorted_batches(lengths, batch_size), make_inputs, model.get_text_features,
+                    accelerator, "text", progress, autocast_dtype)
+    return embeds[[row_of[text] for text in texts]]
+
+
+def at_dim(embeds: np.ndarray, dim: int) -> np.ndarray:
+    """Truncate to a Matryoshka prefix and re-normalise."""
+    return F.normalize(torch.from_numpy(embeds[:, :dim]), dim=-1).numpy()

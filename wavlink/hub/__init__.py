@@ -1,0 +1,1 @@
+"""Publishing: `wavlink-push` (`push`) and model cards (`cards`)."""
