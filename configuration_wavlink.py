@@ -20,7 +20,9 @@ _DEFAULT_TEXT_POOLING = {"clip_text_model": "eos", "modernbert": "cls"}
 
 def _check_choice(field: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"WavLinkConfig.{field}={value!r} is not valid; allowed values: {', '.join(map(repr, allowed))}.")
+        raise ValueError(
+            f"WavLinkConfig.{field}={value!r} is not valid; allowed values: {', '.join(map(repr, allowed))}."
+        )
 
 
 class WavLinkConfig(PretrainedConfig):
@@ -108,8 +110,14 @@ class WavLinkConfig(PretrainedConfig):
         if not getattr(self, "custom_pipelines", None):
             # Lets `pipeline(model=repo, trust_remote_code=True)` find the embedding pipeline, which is saved and
             # served beside the model code.
-            self.custom_pipelines = {EMBEDDING_TASK: {"impl": "pipeline_wavlink.WavLinkEmbeddingPipeline", "pt": ["AutoModel"],
-                                                      "tf": [], "type": "multimodal"}}
+            self.custom_pipelines = {
+                EMBEDDING_TASK: {
+                    "impl": "pipeline_wavlink.WavLinkEmbeddingPipeline",
+                    "pt": ["AutoModel"],
+                    "tf": [],
+                    "type": "multimodal",
+                }
+            }
         if self.logit_scale_init_value is None:
             self.logit_scale_init_value = math.log(1 / 0.07) if self.loss_type == "clip" else math.log(10.0)
         if self.logit_scale_init_value > self.logit_scale_max:

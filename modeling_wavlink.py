@@ -121,13 +121,24 @@ def matryoshka_contrastive_loss(
     for dim in dims:
         audio, text = _prefix(audio_embeds, dim), _prefix(text_embeds, dim)
         if loss_type == "clip":
-            losses.append(clip_loss(audio, text, logit_scale, all_audio_embeds=_prefix(all_audio_embeds, dim),
-                                    all_text_embeds=_prefix(all_text_embeds, dim), offset=offset))
+            losses.append(
+                clip_loss(
+                    audio,
+                    text,
+                    logit_scale,
+                    all_audio_embeds=_prefix(all_audio_embeds, dim),
+                    all_text_embeds=_prefix(all_text_embeds, dim),
+                    offset=offset,
+                )
+            )
         elif loss_type == "siglip":
             if logit_bias is None:
                 raise ValueError("siglip loss needs logit_bias")
-            losses.append(siglip_loss(audio, text, logit_scale, logit_bias,
-                                      all_text_embeds=_prefix(all_text_embeds, dim), offset=offset))
+            losses.append(
+                siglip_loss(
+                    audio, text, logit_scale, logit_bias, all_text_embeds=_prefix(all_text_embeds, dim), offset=offset
+                )
+            )
         else:
             raise ValueError(f"loss_type={loss_type!r} is not valid; allowed values: 'clip', 'siglip'.")
     return torch.stack(losses).mean()
@@ -192,7 +203,9 @@ class WavLinkLogitHead(nn.Module):
         super().__init__()
         self.logit_scale_max = config.logit_scale_max
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(config.logit_bias_init_value))) if config.loss_type == "siglip" else None
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(float(config.logit_bias_init_value))) if config.loss_type == "siglip" else None
+        )
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         # Clamping in the forward pass (rather than editing the parameter in place after each step) keeps the
@@ -281,7 +294,8 @@ class WavLinkModel(WavLinkPreTrainedModel):
         max_frames = encoder.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
         if input_features.ndim != 3 or input_features.shape[1] != encoder.num_mel_bins:
             raise ValueError(
-                f"input_features must have shape (batch, {encoder.num_mel_bins}, frames), got {tuple(input_features.shape)}."
+                f"input_features must have shape (batch, {encoder.num_mel_bins}, frames), got "
+                f"{tuple(input_features.shape)}."
             )
         if input_features.shape[-1] > max_frames:
             raise ValueError(
@@ -378,7 +392,10 @@ class WavLinkModel(WavLinkPreTrainedModel):
         elif pooling == "mean":
             weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-        elif getattr(outputs, "pooler_output", None) is not None and self.config.text_config.model_type == "clip_text_model":
+        elif (
+            getattr(outputs, "pooler_output", None) is not None
+            and self.config.text_config.model_type == "clip_text_model"
+        ):
             pooled = outputs.pooler_output  # CLIP pools at its EOS token itself
         else:  # eos: the last real token (right padding)
             last = attention_mask.long().sum(1).clamp(min=1) - 1
@@ -438,8 +455,12 @@ class WavLinkModel(WavLinkPreTrainedModel):
                 )
             dims = self.config.matryoshka_dims if dim is None else [d for d in self.config.matryoshka_dims if d <= dim]
             loss = matryoshka_contrastive_loss(
-                audio_embeds, text_embeds, logit_scale=logit_scale, logit_bias=logit_bias,
-                loss_type=self.config.loss_type, matryoshka_dims=dims,
+                audio_embeds,
+                text_embeds,
+                logit_scale=logit_scale,
+                logit_bias=logit_bias,
+                loss_type=self.config.loss_type,
+                matryoshka_dims=dims,
             )
         return WavLinkOutput(
             loss=loss,
@@ -455,7 +476,11 @@ class WavLinkModel(WavLinkPreTrainedModel):
 
     def _inference_autocast(self, device: torch.device):
         # bf16 is an inference option only: training precision is the trainer's business (Accelerate).
-        if self.config.inference_precision == "bf16" and not self.training and not torch.is_autocast_enabled(device.type):
+        if (
+            self.config.inference_precision == "bf16"
+            and not self.training
+            and not torch.is_autocast_enabled(device.type)
+        ):
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -463,7 +488,9 @@ class WavLinkModel(WavLinkPreTrainedModel):
         if dim is None:
             return self.config.projection_dim
         if dim not in self.config.matryoshka_dims:
-            raise ValueError(f"dim={dim} is not a Matryoshka size of this model; choose one of {self.config.matryoshka_dims}.")
+            raise ValueError(
+                f"dim={dim} is not a Matryoshka size of this model; choose one of {self.config.matryoshka_dims}."
+            )
         return dim
 
     # ------------------------------------------------------------------ construction from pretrained towers
@@ -508,7 +535,8 @@ class WavLinkModel(WavLinkPreTrainedModel):
             else:
                 raise ValueError(
                     f"projection_dim={projection_dim} differs from the CLIP text_projection width "
-                    f"{clip_projection.out_features} of {text_tower!r}; use projection_dim={clip_projection.out_features} "
+                    f"{clip_projection.out_features} of {text_tower!r}; use "
+                    f"projection_dim={clip_projection.out_features} "
                     "to reuse CLIP's pretrained projector."
                 )
         return model.to(dtype)

@@ -39,8 +39,18 @@ class WavLinkEmbeddingPipeline(Pipeline):
     _load_feature_extractor = False
     _load_image_processor = False
 
-    def __call__(self, inputs=None, *, audio=None, text=None, dim=None, batch_size=16, sampling_rate=None,
-                 precision="fp32", progress=None):
+    def __call__(
+        self,
+        inputs=None,
+        *,
+        audio=None,
+        text=None,
+        dim=None,
+        batch_size=16,
+        sampling_rate=None,
+        precision="fp32",
+        progress=None,
+    ):
         if inputs is not None:
             if audio is not None or text is not None:
                 raise ValueError("Give the inputs positionally or as audio=/text=, not both.")
@@ -60,8 +70,11 @@ class WavLinkEmbeddingPipeline(Pipeline):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision={precision!r} is not one of 'fp32', 'bf16'.")
         show = len(items) > batch_size * 4 if progress is None else progress
-        embeds = (self._embed_audio(items, dim, batch_size, sampling_rate, precision, show) if audio is not None
-                  else self._embed_text(items, dim, batch_size * 4, precision, show))
+        embeds = (
+            self._embed_audio(items, dim, batch_size, sampling_rate, precision, show)
+            if audio is not None
+            else self._embed_text(items, dim, batch_size * 4, precision, show)
+        )
         return embeds[0] if single else embeds
 
     # The Pipeline API's per-item steps (used when the pipeline is driven item by item, e.g. by `pipe(dataset)`).
@@ -112,13 +125,17 @@ class WavLinkEmbeddingPipeline(Pipeline):
 
         def batches():
             for start in range(0, len(items), CHUNK):
-                chunk = [load_audio(item, sampling_rate, rate, name=describe_audio(item, f"audio[{start + i}]"))
-                         for i, item in enumerate(items[start : start + CHUNK])]
+                chunk = [
+                    load_audio(item, sampling_rate, rate, name=describe_audio(item, f"audio[{start + i}]"))
+                    for i, item in enumerate(items[start : start + CHUNK])
+                ]
                 order = np.argsort([-len(w) for w in chunk], kind="stable")  # little padding per batch
                 for b in range(0, len(order), batch_size):
                     picked = order[b : b + batch_size]
                     # log-mel on the model's device: on a GPU the host-side STFT is otherwise the bottleneck
-                    inputs = dict(self.processor(audio=[chunk[i] for i in picked], sampling_rate=rate, feature_device=self.device))
+                    inputs = dict(
+                        self.processor(audio=[chunk[i] for i in picked], sampling_rate=rate, feature_device=self.device)
+                    )
                     yield start + picked, inputs
 
         features = lambda **kw: self.model.get_audio_features(**kw, dim=dim)  # noqa: E731

@@ -127,14 +127,17 @@ class WavLinkProcessor(ProcessorMixin):
     def _log_mel(self, windows: list[np.ndarray], padding: str, device: str = "cpu") -> dict:
         extractor = self.feature_extractor
         if padding == "max_length":
-            features = extractor(windows, sampling_rate=extractor.sampling_rate, padding="max_length", return_tensors="np",
-                                 device=device)
+            features = extractor(
+                windows, sampling_rate=extractor.sampling_rate, padding="max_length", return_tensors="np", device=device
+            )
             return {"input_features": features["input_features"].astype(np.float32)}
         # Each clip is featurised alone, then padded in the mel domain, so a clip's features (and embedding) do not
         # depend on its batch: padding the waveform first would change the STFT's last frames and Whisper's
         # per-clip dynamic-range clamp.
         per_clip = [
-            extractor(w, sampling_rate=extractor.sampling_rate, padding="longest", return_tensors="np", device=device)["input_features"][0]
+            extractor(w, sampling_rate=extractor.sampling_rate, padding="longest", return_tensors="np", device=device)[
+                "input_features"
+            ][0]
             for w in windows
         ]
         frames = max(f.shape[-1] for f in per_clip)
@@ -172,7 +175,9 @@ def load_audio(item, sampling_rate: int | None, target_rate: int = 16000, name: 
         elif item.get("path") is not None:
             waveform, rate = _decode(item["path"], name)
         else:
-            raise ValueError(f"{name}: dict needs 'array' and 'sampling_rate', or 'path' or 'bytes'; got keys {sorted(item)}.")
+            raise ValueError(
+                f"{name}: dict needs 'array' and 'sampling_rate', or 'path' or 'bytes'; got keys {sorted(item)}."
+            )
     elif isinstance(item, (str, os.PathLike)):
         waveform, rate = _decode(item, name)
     elif isinstance(item, (bytes, bytearray)):
@@ -258,7 +263,8 @@ def _is_batch(audio) -> bool:
 
 
 def describe_audio(item, label: str) -> str:
-    """`label` plus the item's path when it has one: how errors name a clip (`audio[3] (dog.wav)`, `row 12 (x.flac)`)."""
+    """`label` plus the item's path when it has one: how errors name a clip (`audio[3] (dog.wav)`, `row 12 "
+    "(x.flac)`)."""
     path = item if isinstance(item, (str, os.PathLike)) else item.get("path") if isinstance(item, dict) else None
     return f"{label} ({os.fspath(path)})" if path else label
 

@@ -32,6 +32,8 @@ logger = logging.getLogger("wavlink.train")
 FINETUNE = ("full", "lora", "projector")
 SCOPES = ("both", "audio")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
 def _check(condition: bool, option: str, message: str) -> None:
     if not condition:
         raise ValueError(f"--{option}: {message}")
@@ -39,37 +41,94 @@ def _check(condition: bool, option: str, message: str) -> None:
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Start from this WavLink checkpoint (Hub id or path)."})
-    audio_tower: str | None = field(default=None, metadata={"help": "Whisper checkpoint for a new model (Hub id or path)."})
-    text_tower: str | None = field(default=None, metadata={"help": "Text checkpoint for a new model: CLIP, BERT-family or ModernBERT."})
-    audio_config: str | None = field(default=None, metadata={"help": "JSON WhisperConfig fields for a randomly initialised audio tower (no audio_tower)."})
-    text_config: str | None = field(default=None, metadata={"help": "JSON text config (with model_type) for a random text tower (no text_tower); its tokenizer is built from the training captions."})
-    projection_dim: int | None = field(default=None, metadata={"help": "Shared embedding width d (default: CLIP's projection width, else 512)."})
-    matryoshka_dims: list[int] | None = field(default=None, metadata={"help": "Matryoshka prefix sizes (default d, d/2, d/4, d/8)."})
-    loss_type: str | None = field(default=None, metadata={"help": "Contrastive loss: clip (default for a new model) or siglip. With --model_name_or_path: the checkpoint's unless given."})
-    audio_pooling: str | None = field(default=None, metadata={"help": "global_token (the paper; default for a new model) or mean (ablation). With --model_name_or_path: the checkpoint's unless given (a new global token starts from its initialisation)."})
-    text_pooling: str | None = field(default=None, metadata={"help": "eos, cls or mean (default: per text tower family, or the checkpoint's)."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Start from this WavLink checkpoint (Hub id or path)."}
+    )
+    audio_tower: str | None = field(
+        default=None, metadata={"help": "Whisper checkpoint for a new model (Hub id or path)."}
+    )
+    text_tower: str | None = field(
+        default=None, metadata={"help": "Text checkpoint for a new model: CLIP, BERT-family or ModernBERT."}
+    )
+    audio_config: str | None = field(
+        default=None,
+        metadata={"help": "JSON WhisperConfig fields for a randomly initialised audio tower (no audio_tower)."},
+    )
+    text_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON text config (with model_type) for a random text tower (no text_tower); its tokenizer "
+            "is built from the training captions."
+        },
+    )
+    projection_dim: int | None = field(
+        default=None, metadata={"help": "Shared embedding width d (default: CLIP's projection width, else 512)."}
+    )
+    matryoshka_dims: list[int] | None = field(
+        default=None, metadata={"help": "Matryoshka prefix sizes (default d, d/2, d/4, d/8)."}
+    )
+    loss_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "Contrastive loss: clip (default for a new model) or siglip. With --model_name_or_path: the "
+            "checkpoint's unless given."
+        },
+    )
+    audio_pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": "global_token (the paper; default for a new model) or mean (ablation). With "
+            "--model_name_or_path: the checkpoint's unless given (a new global token starts from its initialisation)."
+        },
+    )
+    text_pooling: str | None = field(
+        default=None, metadata={"help": "eos, cls or mean (default: per text tower family, or the checkpoint's)."}
+    )
     finetune: str = field(default="full", metadata={"help": "Regime: full, lora or projector (both towers frozen)."})
     train_towers: str = field(default="both", metadata={"help": "both, or audio (text tower frozen)."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "Module names to adapt (default per tower family)."})
-    merge_lora: bool = field(default=False, metadata={"help": "Also save the LoRA-merged full model to <output_dir>/final/merged."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names to adapt (default per tower family)."}
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "Also save the LoRA-merged full model to <output_dir>/final/merged."}
+    )
 
     def __post_init__(self):
         _check(self.finetune in FINETUNE, "finetune", f"{self.finetune!r} is not one of {FINETUNE}.")
         _check(self.train_towers in SCOPES, "train_towers", f"{self.train_towers!r} is not one of {SCOPES}.")
-        _check(self.loss_type in (None, "clip", "siglip"), "loss_type", f"{self.loss_type!r} is not one of ('clip', 'siglip').")
-        _check(self.audio_pooling in (None, "global_token", "mean"), "audio_pooling", f"{self.audio_pooling!r} is not one of ('global_token', 'mean').")
-        _check(self.text_pooling in (None, "eos", "cls", "mean"), "text_pooling", f"{self.text_pooling!r} is not one of ('eos', 'cls', 'mean').")
+        _check(
+            self.loss_type in (None, "clip", "siglip"),
+            "loss_type",
+            f"{self.loss_type!r} is not one of ('clip', 'siglip').",
+        )
+        _check(
+            self.audio_pooling in (None, "global_token", "mean"),
+            "audio_pooling",
+            f"{self.audio_pooling!r} is not one of ('global_token', 'mean').",
+        )
+        _check(
+            self.text_pooling in (None, "eos", "cls", "mean"),
+            "text_pooling",
+            f"{self.text_pooling!r} is not one of ('eos', 'cls', 'mean').",
+        )
         _check(self.lora_rank > 0, "lora_rank", "must be positive.")
         _check(self.projection_dim is None or self.projection_dim > 0, "projection_dim", "must be positive.")
         if self.model_name_or_path is None:
-            pretrained, random = bool(self.audio_tower and self.text_tower), bool(self.audio_config and self.text_config)
-            _check(pretrained != random and not (self.audio_tower and self.audio_config) and not (self.text_tower and self.text_config),
-                   "audio_tower", "give --model_name_or_path, or both --audio_tower and --text_tower (pretrained), "
-                   "or both --audio_config and --text_config (random towers).")
+            pretrained, random = (
+                bool(self.audio_tower and self.text_tower),
+                bool(self.audio_config and self.text_config),
+            )
+            _check(
+                pretrained != random
+                and not (self.audio_tower and self.audio_config)
+                and not (self.text_tower and self.text_config),
+                "audio_tower",
+                "give --model_name_or_path, or both --audio_tower and --text_tower (pretrained), "
+                "or both --audio_config and --text_config (random towers).",
+            )
         for name in ("audio_config", "text_config"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -81,22 +140,40 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    train_files: list[str] | None = field(default=None, metadata={"help": "Local CSV/TSV/JSON(L)/Parquet training tables (mixed if several)."})
-    train_datasets: list[str] | None = field(default=None, metadata={"help": "Hub dataset ids (or dataset folders) to train on (mixed with train_files)."})
+    train_files: list[str] | None = field(
+        default=None, metadata={"help": "Local CSV/TSV/JSON(L)/Parquet training tables (mixed if several)."}
+    )
+    train_datasets: list[str] | None = field(
+        default=None, metadata={"help": "Hub dataset ids (or dataset folders) to train on (mixed with train_files)."}
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "Config name for the Hub datasets."})
     train_split: str = field(default="train", metadata={"help": "Split of the Hub training datasets."})
-    train_mix_probabilities: list[float] | None = field(default=None, metadata={"help": "Sampling probabilities when mixing several training sets (default: concatenate)."})
+    train_mix_probabilities: list[float] | None = field(
+        default=None,
+        metadata={"help": "Sampling probabilities when mixing several training sets (default: concatenate)."},
+    )
     eval_file: str | None = field(default=None, metadata={"help": "Held-out table for periodic retrieval evaluation."})
-    eval_dataset: str | None = field(default=None, metadata={"help": "Hub dataset id for evaluation (with eval_split)."})
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "Hub dataset id for evaluation (with eval_split)."}
+    )
     eval_split: str = field(default="validation", metadata={"help": "Split of the Hub evaluation dataset."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many clips."})
     audio_column: str = field(default="audio", metadata={"help": "Column with audio paths, bytes or Audio features."})
-    caption_column: str = field(default="caption", metadata={"help": "Column with one caption or a list of captions (one is sampled per step)."})
-    max_audio_seconds: float = field(default=30.0, metadata={"help": "Longer training clips are randomly cropped to this length."})
+    caption_column: str = field(
+        default="caption", metadata={"help": "Column with one caption or a list of captions (one is sampled per step)."}
+    )
+    max_audio_seconds: float = field(
+        default=30.0, metadata={"help": "Longer training clips are randomly cropped to this length."}
+    )
     streaming: bool = field(default=False, metadata={"help": "Stream the training data (needs --max_steps)."})
     shuffle_buffer: int = field(default=1000, metadata={"help": "Shuffle buffer size when streaming."})
-    max_bad_sample_fraction: float = field(default=0.05, metadata={"help": "Stop with an error when more than this share of samples is undecodable or empty."})
-    synthetic_demo: bool = field(default=False, metadata={"help": "Generate the synthetic demo dataset under <output_dir>/data and train on it."})
+    max_bad_sample_fraction: float = field(
+        default=0.05,
+        metadata={"help": "Stop with an error when more than this share of samples is undecodable or empty."},
+    )
+    synthetic_demo: bool = field(
+        default=False, metadata={"help": "Generate the synthetic demo dataset under <output_dir>/data and train on it."}
+    )
     synthetic_train_size: int = field(default=600, metadata={"help": "Synthetic training clips."})
     synthetic_eval_size: int = field(default=100, metadata={"help": "Synthetic held-out clips."})
 
@@ -104,7 +181,11 @@ class DataArguments:
         _check(0 <= self.max_bad_sample_fraction <= 1, "max_bad_sample_fraction", "must be within [0, 1].")
         _check(self.max_audio_seconds > 0, "max_audio_seconds", "must be positive.")
         if not self.synthetic_demo:
-            _check(bool(self.train_files or self.train_datasets), "train_files", "give --train_files, --train_datasets or --synthetic_demo.")
+            _check(
+                bool(self.train_files or self.train_datasets),
+                "train_files",
+                "give --train_files, --train_datasets or --synthetic_demo.",
+            )
         for path in self.train_files or []:
             _check(Path(path).is_file(), "train_files", f"{path!r} does not exist.")
         if self.eval_file:
@@ -115,39 +196,73 @@ class DataArguments:
 
 @dataclass
 class TrainArguments:
-    output_dir: str = field(default="runs/wavlink", metadata={"help": "Where checkpoints, logs and the final model go."})
+    output_dir: str = field(
+        default="runs/wavlink", metadata={"help": "Where checkpoints, logs and the final model go."}
+    )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Pairs per process per step."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Clips per process per evaluation batch."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs (ignored when max_steps is set)."})
-    max_steps: int | None = field(default=None, metadata={"help": "Total optimiser steps (overrides num_train_epochs)."})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "Total optimiser steps (overrides num_train_epochs)."}
+    )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate (paper: 1e-4)."})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (never on norms, biases, temperature or the global token)."})
+    weight_decay: float = field(
+        default=0.1, metadata={"help": "AdamW weight decay (never on norms, biases, temperature or the global token)."}
+    )
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2."})
     adam_epsilon: float = field(default=1e-6, metadata={"help": "AdamW epsilon."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, constant_with_warmup, ...)."})
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, constant_with_warmup, ...)."}
+    )
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps spent warming up (paper: 5%%)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 disables)."})
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (through Accelerate)."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step (adds steps, not negatives)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward to save memory."})
-    group_by_length: bool = field(default=False, metadata={"help": "Batch clips of similar duration together (batch order still shuffled)."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches per optimiser step (adds steps, not negatives)."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in backward to save memory."}
+    )
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Batch clips of similar duration together (batch order still shuffled)."}
+    )
     seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order, crops and caption sampling."})
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
-    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (and at the end) when an eval set is given."})
+    eval_steps: int | None = field(
+        default=None, metadata={"help": "Evaluate every N steps (and at the end) when an eval set is given."}
+    )
     save_steps: int | None = field(default=500, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int = field(default=2, metadata={"help": "Keep the last K checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "A checkpoint folder, or 'latest' in output_dir."})
-    release_memory_steps: int = field(default=1, metadata={"help": "Hand freed host memory back to the OS every N steps (0: never). Variable-length batches otherwise leave the C allocator's heap fragmented and resident memory grows over a long run."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder, or 'latest' in output_dir."}
+    )
+    release_memory_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Hand freed host memory back to the OS every N steps (0: never). Variable-length batches "
+            "otherwise leave the C allocator's heap fragmented and resident memory grows over a long run."
+        },
+    )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes for decoding."})
-    report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker (tensorboard, wandb, ...) or 'none'."})
+    report_to: str = field(
+        default="tensorboard", metadata={"help": "Accelerate tracker (tensorboard, wandb, ...) or 'none'."}
+    )
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model and processor to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Repository id for --push_to_hub."})
     cpu: bool = field(default=False, metadata={"help": "Train on CPU even if a GPU is present."})
 
     def __post_init__(self):
-        _check(self.mixed_precision in MIXED_PRECISION, "mixed_precision", f"{self.mixed_precision!r} is not one of {MIXED_PRECISION}.")
-        _check(self.per_device_train_batch_size >= 2, "per_device_train_batch_size", "contrastive training needs at least 2.")
+        _check(
+            self.mixed_precision in MIXED_PRECISION,
+            "mixed_precision",
+            f"{self.mixed_precision!r} is not one of {MIXED_PRECISION}.",
+        )
+        _check(
+            self.per_device_train_batch_size >= 2,
+            "per_device_train_batch_size",
+            "contrastive training needs at least 2.",
+        )
         _check(self.max_steps is None or self.max_steps > 0, "max_steps", "must be positive.")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be within [0, 1).")
         _check(self.learning_rate > 0, "learning_rate", "must be positive.")
@@ -158,7 +273,11 @@ class TrainArguments:
         from transformers.trainer_utils import SchedulerType
 
         allowed = [s.value for s in SchedulerType]
-        _check(self.lr_scheduler_type in allowed, "lr_scheduler_type", f"{self.lr_scheduler_type!r} is not one of {allowed}.")
+        _check(
+            self.lr_scheduler_type in allowed,
+            "lr_scheduler_type",
+            f"{self.lr_scheduler_type!r} is not one of {allowed}.",
+        )
 
 
 def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
@@ -189,8 +308,12 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments
 
 def config_overrides(model_args: ModelArguments) -> dict:
     """The model options given on the command line or in the YAML file (None means "not given")."""
-    given = dict(loss_type=model_args.loss_type, audio_pooling=model_args.audio_pooling,
-                 text_pooling=model_args.text_pooling, matryoshka_dims=model_args.matryoshka_dims)
+    given = dict(
+        loss_type=model_args.loss_type,
+        audio_pooling=model_args.audio_pooling,
+        text_pooling=model_args.text_pooling,
+        matryoshka_dims=model_args.matryoshka_dims,
+    )
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -208,18 +331,24 @@ def checkpoint_config(model_args: ModelArguments):
     except OSError as error:
         raise ValueError(f"--model_name_or_path: cannot read a config from {source!r} ({error}).") from None
     if config_dict.get("model_type") != WavLinkConfig.model_type:
-        raise ValueError(f"--model_name_or_path: {source!r} is a {config_dict.get('model_type')!r} checkpoint, not "
-                         "WavLink; start a new model with --audio_tower and --text_tower instead.")
+        raise ValueError(
+            f"--model_name_or_path: {source!r} is a {config_dict.get('model_type')!r} checkpoint, not "
+            "WavLink; start a new model with --audio_tower and --text_tower instead."
+        )
     checkpoint_dim = config_dict.get("projection_dim")
     if model_args.projection_dim is not None and model_args.projection_dim != checkpoint_dim:
-        raise ValueError(f"--projection_dim: {model_args.projection_dim} differs from the checkpoint's {checkpoint_dim}, "
-                         "and its projectors are trained at that width; drop the option, or start a new model from "
-                         "--audio_tower and --text_tower.")
+        raise ValueError(
+            f"--projection_dim: {model_args.projection_dim} differs from the checkpoint's {checkpoint_dim}, "
+            "and its projectors are trained at that width; drop the option, or start a new model from "
+            "--audio_tower and --text_tower."
+        )
     overrides = config_overrides(model_args)
     try:
         config = WavLinkConfig.from_dict({**config_dict, **overrides})
     except ValueError as error:
-        raise ValueError(f"--{'/--'.join(overrides) or 'model_name_or_path'}: cannot apply to {source!r}: {error}") from None
+        raise ValueError(
+            f"--{'/--'.join(overrides) or 'model_name_or_path'}: cannot apply to {source!r}: {error}"
+        ) from None
     for name, value in overrides.items():
         if config_dict.get(name) != value:
             logger.info("%s: %r in the checkpoint, %r for this run", name, config_dict.get(name), value)
@@ -243,7 +372,9 @@ def build_model_and_processor(model_args: ModelArguments, captions_for_tokenizer
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
         return model, processor
     if model_args.audio_tower and model_args.text_tower:
-        model = WavLinkModel.from_towers(model_args.audio_tower, model_args.text_tower, model_args.projection_dim, **overrides)
+        model = WavLinkModel.from_towers(
+            model_args.audio_tower, model_args.text_tower, model_args.projection_dim, **overrides
+        )
         processor = WavLinkProcessor.from_towers(model_args.audio_tower, model_args.text_tower)
         return model, processor
     # Random towers (the offline demo): a Whisper-shaped audio tower and a tokenizer built from the captions.
@@ -252,8 +383,12 @@ def build_model_and_processor(model_args: ModelArguments, captions_for_tokenizer
     text_config.setdefault("model_type", "bert")
     text_config.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     text_config.setdefault("max_position_embeddings", tokenizer.model_max_length)
-    config = WavLinkConfig(audio_config=model_args.audio_config, text_config=text_config,
-                           projection_dim=model_args.projection_dim or 512, **overrides)
+    config = WavLinkConfig(
+        audio_config=model_args.audio_config,
+        text_config=text_config,
+        projection_dim=model_args.projection_dim or 512,
+        **overrides,
+    )
     model = WavLinkModel(config)
     extractor = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins, return_attention_mask=False)
     return model, WavLinkProcessor(extractor, tokenizer)
@@ -279,13 +414,23 @@ def load_tables(data_args: DataArguments, output_dir: str, accelerator):
         eval_file = eval_file or str(paths["eval"])
     columns = dict(audio_column=data_args.audio_column, caption_column=data_args.caption_column)
     tables = [load_caption_table(f, streaming=data_args.streaming, **columns) for f in train_files]
-    tables += [load_caption_table(d, split=data_args.train_split, dataset_config=data_args.dataset_config,
-                                  streaming=data_args.streaming, **columns) for d in data_args.train_datasets or []]
+    tables += [
+        load_caption_table(
+            d,
+            split=data_args.train_split,
+            dataset_config=data_args.dataset_config,
+            streaming=data_args.streaming,
+            **columns,
+        )
+        for d in data_args.train_datasets or []
+    ]
     train = combine_tables(tables, data_args.train_mix_probabilities)
     evaluation = None
     if eval_file or data_args.eval_dataset:
         source = eval_file or data_args.eval_dataset
-        evaluation = load_caption_table(source, split=data_args.eval_split, dataset_config=data_args.dataset_config, **columns)
+        evaluation = load_caption_table(
+            source, split=data_args.eval_split, dataset_config=data_args.dataset_config, **columns
+        )
         if data_args.max_eval_samples:
             evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
     return train, evaluation
@@ -307,7 +452,13 @@ def check_eval_clips(clips) -> None:
 
     bad = []
     for index, clip in enumerate(clips):
-        path = clip if isinstance(clip, str) else clip.get("path") if isinstance(clip, dict) and not clip.get("bytes") else None
+        path = (
+            clip
+            if isinstance(clip, str)
+            else clip.get("path")
+            if isinstance(clip, dict) and not clip.get("bytes")
+            else None
+        )
         if path is None:
             continue
         try:
@@ -315,7 +466,9 @@ def check_eval_clips(clips) -> None:
         except Exception as error:  # LibsndfileError, RuntimeError or OSError, by version
             bad.append(f"clip {index} ({path}): {type(error).__name__}")
     if bad:
-        raise ValueError(f"{len(bad)} evaluation clip(s) cannot be read: " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+        raise ValueError(
+            f"{len(bad)} evaluation clip(s) cannot be read: " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+        )
 
 
 def sample_captions(table, limit: int = 20000) -> list[str]:
@@ -345,7 +498,9 @@ def run_evaluation(model, processor, eval_data, accelerator, batch_size, dims):
     clips, captions = eval_data
     was_training = model.training
     model.eval()
-    results = evaluate_retrieval(model, processor, clips, captions, accelerator=accelerator, batch_size=batch_size, dims=dims)
+    results = evaluate_retrieval(
+        model, processor, clips, captions, accelerator=accelerator, batch_size=batch_size, dims=dims
+    )
     model.train(was_training)
     flat = {}
     for dim, metrics in results.items():
@@ -372,8 +527,13 @@ def train(argv=None):
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from wavlink.training.data import (
+        AudioCaptionCollator,
+        AudioCaptionDataset,
+        LengthGroupedBatchSampler,
+        StreamingAudioCaptionDataset,
+    )
     from wavlink.training.loss import DistributedContrastiveLoss
-    from wavlink.training.data import AudioCaptionCollator, AudioCaptionDataset, LengthGroupedBatchSampler, StreamingAudioCaptionDataset
 
     model_args, data_args, args = parse_args(argv)  # every option is validated here, before any weights load
     if data_args.streaming and not args.max_steps:
@@ -384,15 +544,21 @@ def train(argv=None):
     start_config = checkpoint_config(model_args) if model_args.model_name_or_path else None
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
-        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu,
-        log_with=None if args.report_to == "none" else args.report_to, project_dir=str(output_dir),
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        cpu=args.cpu,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=str(output_dir),
         # The schedule is sized in optimizer steps and stepped once per optimizer step below. (Accelerate's default
         # steps it num_processes times per step, for schedules sized by one process's view of the whole data.)
         step_scheduler_with_optimizer=False,
         # Streaming shards are read by each process itself; batches are never dispatched from process 0.
         dataloader_config=DataLoaderConfiguration(dispatch_batches=False if data_args.streaming else None),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)
 
@@ -401,15 +567,22 @@ def train(argv=None):
     if eval_data:
         check_eval_clips(eval_data[0])
     needs_tokenizer = model_args.model_name_or_path is None and model_args.text_config is not None
-    model, processor = build_model_and_processor(model_args, sample_captions(train_table) if needs_tokenizer else None,
-                                                 config=start_config)
+    model, processor = build_model_and_processor(
+        model_args, sample_captions(train_table) if needs_tokenizer else None, config=start_config
+    )
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_regime(model, model_args)
     base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
     trainable, total = count_parameters(model)
-    logger.info("regime=%s towers=%s: %s trainable of %s parameters (%.2f%%)", model_args.finetune,
-                model_args.train_towers, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    logger.info(
+        "regime=%s towers=%s: %s trainable of %s parameters (%.2f%%)",
+        model_args.finetune,
+        model_args.train_towers,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
 
     collate = AudioCaptionCollator(processor)
     if data_args.streaming:
@@ -417,26 +590,46 @@ def train(argv=None):
 
         shard = split_dataset_by_node(train_table, rank=accelerator.process_index, world_size=accelerator.num_processes)
         dataset = StreamingAudioCaptionDataset(shard, data_args.max_audio_seconds, args.seed, data_args.shuffle_buffer)
-        loader = DataLoader(dataset, batch_size=args.per_device_train_batch_size, collate_fn=collate,
-                            num_workers=args.dataloader_num_workers, drop_last=True)
+        loader = DataLoader(
+            dataset,
+            batch_size=args.per_device_train_batch_size,
+            collate_fn=collate,
+            num_workers=args.dataloader_num_workers,
+            drop_last=True,
+        )
         batch_sampler, steps_per_epoch = None, None
     else:
         dataset = AudioCaptionDataset(train_table, data_args.max_audio_seconds, args.seed)
         lengths = dataset.durations() if args.group_by_length else [0.0] * len(dataset)
         # Global batches are drawn by one sampler and dealt to processes batch by batch, so the data order is the
         # same for any number of processes.
-        batch_sampler = LengthGroupedBatchSampler(lengths, args.per_device_train_batch_size, args.seed, args.group_by_length)
-        loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=args.dataloader_num_workers)
+        batch_sampler = LengthGroupedBatchSampler(
+            lengths, args.per_device_train_batch_size, args.seed, args.group_by_length
+        )
+        loader = DataLoader(
+            dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=args.dataloader_num_workers
+        )
         steps_per_epoch = len(batch_sampler) // accelerator.num_processes // args.gradient_accumulation_steps
         if steps_per_epoch == 0:
-            raise ValueError(f"the training set ({len(dataset)} rows) is smaller than one global batch "
-                             f"({args.per_device_train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} accumulation).")
+            raise ValueError(
+                f"the training set ({len(dataset)} rows) is smaller than one global batch "
+                f"({args.per_device_train_batch_size} x {accelerator.num_processes} processes x "
+                f"{args.gradient_accumulation_steps} accumulation)."
+            )
     max_steps = args.max_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
 
-    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate,
-                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps),
-                              num_training_steps=max_steps)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, args.weight_decay),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+    )
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=int(args.warmup_ratio * max_steps),
+        num_training_steps=max_steps,
+    )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = TrainerState()
     accelerator.register_for_checkpointing(state)
@@ -453,15 +646,25 @@ def train(argv=None):
     contrastive_loss = DistributedContrastiveLoss(loss_type, dims, accelerator.process_index, accelerator.num_processes)
     if accelerator.is_main_process:
         # The model options as they apply (from the checkpoint where not given), not as typed.
-        effective = {name: getattr(base_model.config, name) for name in
-                     ("projection_dim", "matryoshka_dims", "loss_type", "audio_pooling", "text_pooling")}
+        effective = {
+            name: getattr(base_model.config, name)
+            for name in ("projection_dim", "matryoshka_dims", "loss_type", "audio_pooling", "text_pooling")
+        }
         run_config = {**asdict(model_args), **effective, **asdict(data_args), **asdict(args)}
-        accelerator.init_trackers("wavlink", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in run_config.items()})
+        accelerator.init_trackers(
+            "wavlink",
+            config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in run_config.items()},
+        )
     log_jsonl = JsonlLogger(output_dir / "log.jsonl", accelerator.is_main_process)
 
     model.train()
     progress = tqdm(total=max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
-    window_start, window_samples, window_loss, window_micro = time.perf_counter(), 0, torch.zeros((), device=accelerator.device), 0
+    window_start, window_samples, window_loss, window_micro = (
+        time.perf_counter(),
+        0,
+        torch.zeros((), device=accelerator.device),
+        0,
+    )
     last_results = None
     while state.step < max_steps:
         if batch_sampler is not None:
@@ -471,7 +674,9 @@ def train(argv=None):
             loader.set_epoch(state.epoch)
             batch_sampler.set_epoch(state.epoch)
             dataset.set_epoch(state.epoch)
-            epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+            epoch_loader = (
+                accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+            )
         else:
             epoch_loader = loader
         for batch in epoch_loader:
@@ -505,14 +710,28 @@ def train(argv=None):
                 elapsed = time.perf_counter() - window_start
                 # Each process's loss is its rows' share of the global batch; their mean is the global batch's loss.
                 global_loss = float(accelerator.reduce(window_loss / window_micro, reduction="mean"))
-                record = {"step": state.step, "epoch": state.epoch, "loss": global_loss,
-                          "lr": scheduler.get_last_lr()[0], "samples_per_second": window_samples / elapsed,
-                          "logit_scale": float(logit_scale), "samples_seen": state.samples_seen, "bad_samples": state.bad_samples,
-                          "num_processes": accelerator.num_processes}
-                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_second']:.1f}")
+                record = {
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "loss": global_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "samples_per_second": window_samples / elapsed,
+                    "logit_scale": float(logit_scale),
+                    "samples_seen": state.samples_seen,
+                    "bad_samples": state.bad_samples,
+                    "num_processes": accelerator.num_processes,
+                }
+                progress.set_postfix(
+                    loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_second']:.1f}"
+                )
                 accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
                 log_jsonl(record)
-                window_start, window_samples, window_loss, window_micro = time.perf_counter(), 0, torch.zeros_like(window_loss), 0
+                window_start, window_samples, window_loss, window_micro = (
+                    time.perf_counter(),
+                    0,
+                    torch.zeros_like(window_loss),
+                    0,
+                )
             if eval_data and args.eval_steps and state.step % args.eval_steps == 0 and state.step != max_steps:
                 last_results = evaluate_and_log(accelerator, model, processor, eval_data, args, dims, state, log_jsonl)
             if args.save_steps and state.step % args.save_steps == 0:
@@ -531,15 +750,32 @@ def train(argv=None):
         # recorded beside the model, so `wavlink-push` puts them in the model card
         from wavlink.hub.cards import add_results
 
-        add_results(final_dir, [{"task": "retrieval", "dataset": "held-out", "model": str(final_dir),
-                                 "results": {str(d): m for d, m in last_results.items()}, "num_clips": len(eval_data[0])}])
+        add_results(
+            final_dir,
+            [
+                {
+                    "task": "retrieval",
+                    "dataset": "held-out",
+                    "model": str(final_dir),
+                    "results": {str(d): m for d, m in last_results.items()},
+                    "num_clips": len(eval_data[0]),
+                }
+            ],
+        )
     if args.push_to_hub and accelerator.is_main_process:
         from wavlink.hub.push import push_folder
 
-        training = {"regime": model_args.finetune, "towers trained": model_args.train_towers, "loss": loss_type,
-                    "steps": state.step, "samples seen": state.samples_seen, "learning rate": args.learning_rate,
-                    "global batch": args.per_device_train_batch_size * accelerator.num_processes,
-                    "training data": ", ".join((data_args.train_files or []) + (data_args.train_datasets or [])) or "synthetic demo"}
+        training = {
+            "regime": model_args.finetune,
+            "towers trained": model_args.train_towers,
+            "loss": loss_type,
+            "steps": state.step,
+            "samples seen": state.samples_seen,
+            "learning rate": args.learning_rate,
+            "global batch": args.per_device_train_batch_size * accelerator.num_processes,
+            "training data": ", ".join((data_args.train_files or []) + (data_args.train_datasets or []))
+            or "synthetic demo",
+        }
         url = push_folder(final_dir, args.hub_model_id, training=training)
         logger.info("pushed %s to %s", final_dir, url)
     accelerator.end_training()
@@ -551,14 +787,16 @@ def train(argv=None):
 def check_bad_fraction(state: TrainerState, limit: float, minimum_seen: int = 50) -> None:
     if state.samples_seen >= minimum_seen and state.bad_samples > limit * state.samples_seen:
         raise RuntimeError(
-            f"{state.bad_samples} of {state.samples_seen} samples ({100 * state.bad_samples / state.samples_seen:.1f}%) "
+            f"{state.bad_samples} of {state.samples_seen} samples "
+            f"({100 * state.bad_samples / state.samples_seen:.1f}%) "
             f"could not be used, more than --max_bad_sample_fraction={limit}. The log names the bad files."
         )
 
 
 def evaluate_and_log(accelerator, model, processor, eval_data, args, dims, state, log_jsonl):
-    results, flat = run_evaluation(accelerator.unwrap_model(model), processor, eval_data, accelerator,
-                                   args.per_device_eval_batch_size, dims)
+    results, flat = run_evaluation(
+        accelerator.unwrap_model(model), processor, eval_data, accelerator, args.per_device_eval_batch_size, dims
+    )
     accelerator.log(flat, step=state.step)
     log_jsonl({"step": state.step, **flat})
     return results
@@ -576,8 +814,12 @@ def save_final(accelerator, model, processor, model_args: ModelArguments, output
         unwrapped.save_pretrained(final_dir)
         processor.save_pretrained(final_dir)
         if model_args.finetune == "lora":
-            base = {"model_name_or_path": model_args.model_name_or_path, "audio_tower": model_args.audio_tower,
-                    "text_tower": model_args.text_tower, "config": unwrapped.get_base_model().config.to_dict()}
+            base = {
+                "model_name_or_path": model_args.model_name_or_path,
+                "audio_tower": model_args.audio_tower,
+                "text_tower": model_args.text_tower,
+                "config": unwrapped.get_base_model().config.to_dict(),
+            }
             (final_dir / "wavlink_base.json").write_text(json.dumps(base, indent=2, default=str))
             if model_args.merge_lora:
                 import copy
@@ -590,15 +832,21 @@ def save_final(accelerator, model, processor, model_args: ModelArguments, output
 
 
 def report(results, final_dir: Path, state: TrainerState, num_clips: int) -> None:
-    lines = [f"Training finished at step {state.step} ({state.samples_seen} samples, {state.bad_samples} skipped as bad)."]
+    lines = [
+        f"Training finished at step {state.step} ({state.samples_seen} samples, {state.bad_samples} skipped as bad)."
+    ]
     if results:
-        lines.append(f"Held-out retrieval (percent; {num_clips} clips, so chance is R@1 {100 / num_clips:.1f}, "
-                     f"R@10 {min(100.0, 1000 / num_clips):.1f}):")
+        lines.append(
+            f"Held-out retrieval (percent; {num_clips} clips, so chance is R@1 {100 / num_clips:.1f}, "
+            f"R@10 {min(100.0, 1000 / num_clips):.1f}):"
+        )
         lines.append("| dim | t2a R@1 | t2a R@5 | t2a R@10 | a2t R@1 | a2t R@5 | a2t R@10 |")
         lines.append("|---|---|---|---|---|---|---|")
         for dim, m in results.items():
-            lines.append(f"| {dim} | {m['t2a_R@1']:.1f} | {m['t2a_R@5']:.1f} | {m['t2a_R@10']:.1f} | "
-                         f"{m['a2t_R@1']:.1f} | {m['a2t_R@5']:.1f} | {m['a2t_R@10']:.1f} |")
+            lines.append(
+                f"| {dim} | {m['t2a_R@1']:.1f} | {m['t2a_R@5']:.1f} | {m['t2a_R@10']:.1f} | "
+                f"{m['a2t_R@1']:.1f} | {m['a2t_R@5']:.1f} | {m['a2t_R@10']:.1f} |"
+            )
     lines.append(f"Model and processor saved to {final_dir.resolve()}")
     print("\n".join(lines), flush=True)
 

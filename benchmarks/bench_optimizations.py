@@ -10,7 +10,17 @@ clips of mixed length 1-10 s):
 
 import numpy as np
 import torch
-from common import base_parser, build_wavlink, interleave, markdown, median, pick_device, scale_defaults, whisper_processor, write_result
+from common import (
+    base_parser,
+    build_wavlink,
+    interleave,
+    markdown,
+    median,
+    pick_device,
+    scale_defaults,
+    whisper_processor,
+    write_result,
+)
 
 
 def main(argv=None):
@@ -29,20 +39,33 @@ def main(argv=None):
     eager.load_state_dict(sdpa.state_dict())
 
     def batches(order, padding="longest"):
-        return [{k: v.to(device) for k, v in processor(audio=[clips[i] for i in order[b:b + args.batch_size]], sampling_rate=16000,
-                                                       padding=padding).items()} for b in range(0, len(order), args.batch_size)]
+        return [
+            {
+                k: v.to(device)
+                for k, v in processor(
+                    audio=[clips[i] for i in order[b : b + args.batch_size]], sampling_rate=16000, padding=padding
+                ).items()
+            }
+            for b in range(0, len(order), args.batch_size)
+        ]
 
     arrival = list(range(args.clips))
     by_length = list(np.argsort(-lengths))
     unsorted, bucketed, padded30 = batches(arrival), batches(by_length), batches(by_length, "max_length")
-    equal = [{"input_features": torch.randn(args.batch_size, 80, 1000, device=device)} for _ in range(args.clips // args.batch_size)]
-    equal_masked = [dict(b, input_features_mask=torch.ones(args.batch_size, 1000, dtype=torch.long, device=device)) for b in equal]
+    equal = [
+        {"input_features": torch.randn(args.batch_size, 80, 1000, device=device)}
+        for _ in range(args.clips // args.batch_size)
+    ]
+    equal_masked = [
+        dict(b, input_features_mask=torch.ones(args.batch_size, 1000, dtype=torch.long, device=device)) for b in equal
+    ]
 
     def run(model, feats, context=torch.inference_mode):
         def go():
             with context():
                 for batch in feats:
                     model.get_audio_features(**batch)
+
         return go
 
     def forced_mask(feats):
@@ -53,6 +76,7 @@ def main(argv=None):
                     mask = batch["input_features_mask"].clone()
                     mask[:, -1] = 0  # one padded frame forces the masked path
                     sdpa.get_audio_features(batch["input_features"], mask)
+
         return go
 
     variants = {
@@ -70,12 +94,29 @@ def main(argv=None):
     }
     times = {k: median(v) for k, v in interleave(variants, args.repeats, device).items()}
     padded = lambda bs: float(np.mean([b["input_features"].shape[-1] for b in bs])) / 100  # noqa: E731
-    pairs = [("batches in arrival order", "length-bucketed batches", f"mean padded length {padded(unsorted):.1f} s -> {padded(bucketed):.1f} s"),
-             ("autograd on", "inference_mode", ""), ("no_grad", "inference_mode", ""), ("eager attention", "sdpa attention", ""),
-             ("equal lengths, mask built", "equal lengths, mask skipped", "batches without padding take the unmasked path"),
-             ("30-s padded input", "variable-length input", "")]
-    rows = [{"optimisation": after, "baseline": before, "baseline s": times[before], "optimised s": times[after],
-             "speed-up": times[before] / times[after], "note": note} for before, after, note in pairs]
+    pairs = [
+        (
+            "batches in arrival order",
+            "length-bucketed batches",
+            f"mean padded length {padded(unsorted):.1f} s -> {padded(bucketed):.1f} s",
+        ),
+        ("autograd on", "inference_mode", ""),
+        ("no_grad", "inference_mode", ""),
+        ("eager attention", "sdpa attention", ""),
+        ("equal lengths, mask built", "equal lengths, mask skipped", "batches without padding take the unmasked path"),
+        ("30-s padded input", "variable-length input", ""),
+    ]
+    rows = [
+        {
+            "optimisation": after,
+            "baseline": before,
+            "baseline s": times[before],
+            "optimised s": times[after],
+            "speed-up": times[before] / times[after],
+            "note": note,
+        }
+        for before, after, note in pairs
+    ]
     table = markdown(rows, ["optimisation", "baseline", "baseline s", "optimised s", "speed-up", "note"])
     write_result("optimisations", args.out, device, vars(args), rows, table)
 

@@ -45,8 +45,16 @@ def main(argv=None):
                     exact_top = tops
                 recall = float(np.mean([len(a & b) / args.k for a, b in zip(tops, exact_top)]))
                 size_bytes = size * dim * 4 if kind == "float32" else size * (dim + 4)
-                rows.append({"vectors": size, "dim": dim, "storage": kind, "index MB": size_bytes / 2**20,
-                             "query ms (median)": 1000 * median(latencies[1:] or latencies), "top-10 overlap with float32": recall})
+                rows.append(
+                    {
+                        "vectors": size,
+                        "dim": dim,
+                        "storage": kind,
+                        "index MB": size_bytes / 2**20,
+                        "query ms (median)": 1000 * median(latencies[1:] or latencies),
+                        "top-10 overlap with float32": recall,
+                    }
+                )
     columns = ["vectors", "dim", "storage", "index MB", "query ms (median)", "top-10 overlap with float32"]
     write_result("search", args.out, device, vars(args), rows, markdown(rows, columns))
 

@@ -2,7 +2,17 @@
 real tokenisation of caption-length text), fp32 and bf16 interleaved."""
 
 import torch
-from common import TEXT_SHAPES, base_parser, build_wavlink, interleave, markdown, median, pick_device, scale_defaults, write_result
+from common import (
+    TEXT_SHAPES,
+    base_parser,
+    build_wavlink,
+    interleave,
+    markdown,
+    median,
+    pick_device,
+    scale_defaults,
+    write_result,
+)
 
 from wavlink.training.tokenization import build_word_tokenizer
 
@@ -21,8 +31,13 @@ def main(argv=None):
     rows = []
     for name, shape in TEXT_SHAPES.items():
         model = build_wavlink("tiny", text_shape=shape, device=device)
-        batches = [{k: v.to(device) for k, v in tokenizer(captions[i:i + args.batch_size], padding=True, return_tensors="pt").items()}
-                   for i in range(0, args.captions, args.batch_size)]
+        batches = [
+            {
+                k: v.to(device)
+                for k, v in tokenizer(captions[i : i + args.batch_size], padding=True, return_tensors="pt").items()
+            }
+            for i in range(0, args.captions, args.batch_size)
+        ]
         for batch in batches:  # the tiny vocabulary's ids are valid for either tower
             batch.pop("token_type_ids", None)
 
@@ -32,13 +47,30 @@ def main(argv=None):
                 with torch.inference_mode():
                     for batch in batches:
                         model.get_text_features(**batch)
+
             return go
 
-        times = {k: median(v) for k, v in interleave({"fp32": run("fp32"), "bf16": run("bf16")}, args.repeats, device).items()}
+        times = {
+            k: median(v)
+            for k, v in interleave({"fp32": run("fp32"), "bf16": run("bf16")}, args.repeats, device).items()
+        }
         for precision, seconds in times.items():
-            rows.append({"text tower": name, "precision": precision, "captions/s": args.captions / seconds,
-                         "speed-up vs fp32": times["fp32"] / seconds})
-    write_result("text_embedding", args.out, device, vars(args), rows, markdown(rows, ["text tower", "precision", "captions/s", "speed-up vs fp32"]))
+            rows.append(
+                {
+                    "text tower": name,
+                    "precision": precision,
+                    "captions/s": args.captions / seconds,
+                    "speed-up vs fp32": times["fp32"] / seconds,
+                }
+            )
+    write_result(
+        "text_embedding",
+        args.out,
+        device,
+        vars(args),
+        rows,
+        markdown(rows, ["text tower", "precision", "captions/s", "speed-up vs fp32"]),
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 
 from common import ROOT, base_parser, markdown, median, pick_device, scale_defaults, write_result
 
-CHILD = r'''
+CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import torch
@@ -30,23 +30,28 @@ model.train()
 optimizer = torch.optim.AdamW(parameter_groups(model, 0.1), lr=1e-4)
 processor = whisper_processor(["a dog barks in the rain"] * 2)
 clips = noise_clips({batch}, {seconds})
-batch = {{k: v.to(device) for k, v in processor(audio=clips, sampling_rate=16000, text=["a dog barks in the rain"] * {batch}).items()}}
+inputs = processor(audio=clips, sampling_rate=16000, text=["a dog barks in the rain"] * {batch})
+batch = {{k: v.to(device) for k, v in inputs.items()}}
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled={bf16})
 def step():
     with autocast:
         out = model(**batch)
-        loss = matryoshka_contrastive_loss(out.audio_embeds.float(), out.text_embeds.float(), logit_scale=out.logit_scale,
-                                           logit_bias=out.logit_bias, loss_type="clip", matryoshka_dims=[512, 256, 128, 64])
+        loss = matryoshka_contrastive_loss(
+            out.audio_embeds.float(), out.text_embeds.float(), logit_scale=out.logit_scale, logit_bias=out.logit_bias,
+            loss_type="clip", matryoshka_dims=[512, 256, 128, 64])
     loss.backward(); optimizer.step(); optimizer.zero_grad()
     if device.type == "cuda": torch.cuda.synchronize()
 for _ in range(2): step()
 times = []
 for _ in range({steps}):
     t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
-peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+if device.type == "cuda":
+    peak = torch.cuda.max_memory_allocated() / 2**20
+else:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 print(json.dumps({{"times": times, "peak_mb": peak, "trainable": trainable}}))
-'''
+"""
 
 
 def main(argv=None):
@@ -64,19 +69,47 @@ def main(argv=None):
     results = {v: {"times": [], "peak_mb": [], "trainable": 0} for v in variants}
     for _ in range(args.repeats):
         for regime, ckpt in variants:
-            code = CHILD.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), device=str(device), shape=args.shape, regime=regime,
-                                checkpointing=ckpt, batch=args.batch_size, seconds=args.seconds, steps=args.steps, bf16=bf16)
+            code = CHILD.format(
+                root=str(ROOT),
+                bench=str(ROOT / "benchmarks"),
+                device=str(device),
+                shape=args.shape,
+                regime=regime,
+                checkpointing=ckpt,
+                batch=args.batch_size,
+                seconds=args.seconds,
+                steps=args.steps,
+                bf16=bf16,
+            )
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             record = json.loads(out.stdout.strip().splitlines()[-1])
             results[(regime, ckpt)]["times"] += record["times"]
             results[(regime, ckpt)]["peak_mb"].append(record["peak_mb"])
             results[(regime, ckpt)]["trainable"] = record["trainable"]
     full = median(results[("full", False)]["times"])
-    rows = [{"regime": regime, "gradient checkpointing": ckpt, "trainable params": r["trainable"],
-             "samples/s": args.batch_size / median(r["times"]), "speed vs full": full / median(r["times"]),
-             "peak memory MB": median(r["peak_mb"])} for (regime, ckpt), r in results.items()]
-    table = markdown(rows, ["regime", "gradient checkpointing", "trainable params", "samples/s", "speed vs full", "peak memory MB"])
-    table += "\n\nPeak memory is " + ("CUDA max_memory_allocated" if device.type == "cuda" else "the process's max RSS (includes Python and torch)") + "."
+    rows = [
+        {
+            "regime": regime,
+            "gradient checkpointing": ckpt,
+            "trainable params": r["trainable"],
+            "samples/s": args.batch_size / median(r["times"]),
+            "speed vs full": full / median(r["times"]),
+            "peak memory MB": median(r["peak_mb"]),
+        }
+        for (regime, ckpt), r in results.items()
+    ]
+    table = markdown(
+        rows, ["regime", "gradient checkpointing", "trainable params", "samples/s", "speed vs full", "peak memory MB"]
+    )
+    table += (
+        "\n\nPeak memory is "
+        + (
+            "CUDA max_memory_allocated"
+            if device.type == "cuda"
+            else "the process's max RSS (includes Python and torch)"
+        )
+        + "."
+    )
     write_result("training", args.out, device, vars(args) | {"bf16_autocast": bf16}, rows, table)
 
 

@@ -45,14 +45,38 @@ def make_clips(folder: Path, count: int, seed: int = 0) -> Path:
 def tower_flags() -> tuple[list[str], str]:
     for root in FIXTURES:
         if (root / "whisper-tiny.en").is_dir() and (root / "all-MiniLM-L6-v2").is_dir():
-            return ["--audio_tower", str(root / "whisper-tiny.en"), "--text_tower", str(root / "all-MiniLM-L6-v2"),
-                    "--projection_dim", "256"], "whisper-tiny.en + all-MiniLM-L6-v2 (fixtures)"
-    audio = {"d_model": 384, "encoder_layers": 4, "encoder_attention_heads": 6, "encoder_ffn_dim": 1536,
-             "decoder_layers": 1, "decoder_attention_heads": 2, "decoder_ffn_dim": 64}
-    text = {"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
-            "intermediate_size": 1536}
-    return ["--audio_config", json.dumps(audio), "--text_config", json.dumps(text), "--projection_dim", "256"], \
-        "random towers of the tiny.en + MiniLM shapes (fixtures absent)"
+            return [
+                "--audio_tower",
+                str(root / "whisper-tiny.en"),
+                "--text_tower",
+                str(root / "all-MiniLM-L6-v2"),
+                "--projection_dim",
+                "256",
+            ], "whisper-tiny.en + all-MiniLM-L6-v2 (fixtures)"
+    audio = {
+        "d_model": 384,
+        "encoder_layers": 4,
+        "encoder_attention_heads": 6,
+        "encoder_ffn_dim": 1536,
+        "decoder_layers": 1,
+        "decoder_attention_heads": 2,
+        "decoder_ffn_dim": 64,
+    }
+    text = {
+        "model_type": "bert",
+        "hidden_size": 384,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 12,
+        "intermediate_size": 1536,
+    }
+    return [
+        "--audio_config",
+        json.dumps(audio),
+        "--text_config",
+        json.dumps(text),
+        "--projection_dim",
+        "256",
+    ], "random towers of the tiny.en + MiniLM shapes (fixtures absent)"
 
 
 def rss_gb(pid: int) -> float | None:
@@ -73,11 +97,35 @@ def last_step(log: Path) -> int:
 
 
 def run_variant(table: Path, out: Path, towers: list[str], args, release_steps: int) -> dict:
-    command = [sys.executable, str(ROOT / "train.py"), "--train_files", str(table), *towers,
-               "--output_dir", str(out), "--max_steps", str(args.steps), "--per_device_train_batch_size",
-               str(args.batch_size), "--mixed_precision", args.mixed_precision, "--group_by_length", "true",
-               "--logging_steps", str(args.every), "--save_steps", "0", "--report_to", "none",
-               "--max_audio_seconds", "8", "--release_memory_steps", str(release_steps), "--cpu", "true"]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--train_files",
+        str(table),
+        *towers,
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        str(args.steps),
+        "--per_device_train_batch_size",
+        str(args.batch_size),
+        "--mixed_precision",
+        args.mixed_precision,
+        "--group_by_length",
+        "true",
+        "--logging_steps",
+        str(args.every),
+        "--save_steps",
+        "0",
+        "--report_to",
+        "none",
+        "--max_audio_seconds",
+        "8",
+        "--release_memory_steps",
+        str(release_steps),
+        "--cpu",
+        "true",
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     samples, peak, log = {}, 0.0, out / "log.jsonl"
     start = time.perf_counter()
@@ -92,14 +140,22 @@ def run_variant(table: Path, out: Path, towers: list[str], args, release_steps: 
     if process.returncode:
         raise RuntimeError(f"train.py failed (exit {process.returncode}): {process.stderr.read()[-2000:]}")
     wall = time.perf_counter() - start
-    rates = [json.loads(line)["samples_per_second"] for line in log.read_text().splitlines() if "samples_per_second" in line]
+    rates = [
+        json.loads(line)["samples_per_second"] for line in log.read_text().splitlines() if "samples_per_second" in line
+    ]
     after = {s: v for s, v in samples.items() if s >= args.baseline_step}
     first = after[min(after)] if after else float("nan")
     last = samples[max(samples)] if samples else float("nan")
-    return {"release_memory_steps": release_steps, "rss_by_step_gb": samples, "peak_rss_gb": peak,
-            f"rss_at_{min(after) if after else args.baseline_step}_gb": first, "rss_last_gb": last,
-            "growth_after_baseline_pct": 100 * (last - first) / first, "median_samples_per_s": median(rates[1:] or rates),
-            "wall_s": wall}
+    return {
+        "release_memory_steps": release_steps,
+        "rss_by_step_gb": samples,
+        "peak_rss_gb": peak,
+        f"rss_at_{min(after) if after else args.baseline_step}_gb": first,
+        "rss_last_gb": last,
+        "growth_after_baseline_pct": 100 * (last - first) / first,
+        "median_samples_per_s": median(rates[1:] or rates),
+        "wall_s": wall,
+    }
 
 
 def main(argv=None):
@@ -122,13 +178,24 @@ def main(argv=None):
             row = run_variant(table, Path(tmp) / f"run-{release}", towers, args, release)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "rss_by_step_gb"}), flush=True)
-    columns = ["release_memory_steps", *[c for c in rows[0] if c.startswith("rss_at_")], "rss_last_gb", "peak_rss_gb",
-               "growth_after_baseline_pct", "median_samples_per_s", "wall_s"]
+    columns = [
+        "release_memory_steps",
+        *[c for c in rows[0] if c.startswith("rss_at_")],
+        "rss_last_gb",
+        "peak_rss_gb",
+        "growth_after_baseline_pct",
+        "median_samples_per_s",
+        "wall_s",
+    ]
     table = markdown(rows, columns)
     steps = sorted({s for r in rows for s in r["rss_by_step_gb"]})
     table += "\n\nRSS (GB) by step:\n\n" + markdown(
-        [{"step": s, **{f"release={r['release_memory_steps']}": r["rss_by_step_gb"].get(s, "") for r in rows}} for s in steps],
-        ["step", *[f"release={r['release_memory_steps']}" for r in rows]])
+        [
+            {"step": s, **{f"release={r['release_memory_steps']}": r["rss_by_step_gb"].get(s, "") for r in rows}}
+            for s in steps
+        ],
+        ["step", *[f"release={r['release_memory_steps']}" for r in rows]],
+    )
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "device", "repeats")}
     write_result("train_memory", args.out, device, {**settings, "towers": tower_note}, rows, table)
 

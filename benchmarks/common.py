@@ -27,13 +27,34 @@ WHISPER_SHAPES = {
 }
 # Text towers: CLIP ViT-B/32's text transformer, and MiniLM-L6 (the fixture).
 TEXT_SHAPES = {
-    "clip-b32-text": dict(model_type="clip_text_model", hidden_size=512, num_hidden_layers=12, num_attention_heads=8,
-                          intermediate_size=2048, vocab_size=49408, max_position_embeddings=77),
-    "minilm-l6": dict(model_type="bert", hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                      intermediate_size=1536, vocab_size=30522, max_position_embeddings=512),
+    "clip-b32-text": dict(
+        model_type="clip_text_model",
+        hidden_size=512,
+        num_hidden_layers=12,
+        num_attention_heads=8,
+        intermediate_size=2048,
+        vocab_size=49408,
+        max_position_embeddings=77,
+    ),
+    "minilm-l6": dict(
+        model_type="bert",
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        vocab_size=30522,
+        max_position_embeddings=512,
+    ),
 }
-SMALL_TEXT = dict(model_type="bert", hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
-                  vocab_size=1000, max_position_embeddings=128)
+SMALL_TEXT = dict(
+    model_type="bert",
+    hidden_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=128,
+    vocab_size=1000,
+    max_position_embeddings=128,
+)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -66,13 +87,21 @@ def synchronize(device: torch.device) -> None:
 def machine(device: torch.device) -> dict:
     import transformers
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": str(device)}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     try:
         with open("/proc/cpuinfo") as handle:
             text = handle.read()
-        info["cpu"] = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+        info["cpu"] = next(
+            (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?"
+        )
         flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
         info["cpu_bf16"] = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags.split()]
     except OSError:
@@ -137,12 +166,21 @@ def markdown(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_result(name: str, out: str, device: torch.device, settings: dict, rows: list[dict], table: str, **extra) -> Path:
+def write_result(
+    name: str, out: str, device: torch.device, settings: dict, rows: list[dict], table: str, **extra
+) -> Path:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-{device.type}.json"
-    record = {"benchmark": name, "machine": machine(device), "settings": settings, "rows": rows, "table": table,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+    record = {
+        "benchmark": name,
+        "machine": machine(device),
+        "settings": settings,
+        "rows": rows,
+        "table": table,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **extra,
+    }
     path.write_text(json.dumps(record, indent=2, default=str))
     print(f"\n## {name} ({device}: {record['machine'].get('gpu', record['machine'].get('cpu', ''))})\n")
     print(table)
@@ -160,9 +198,15 @@ def build_wavlink(shape: str, text_shape: dict | None = None, device=torch.devic
     from modeling_wavlink import WavLinkModel
 
     torch.manual_seed(0)
-    cfg = WavLinkConfig(audio_config=dict(WHISPER_SHAPES[shape], num_mel_bins=80, decoder_layers=1, decoder_attention_heads=2,
-                                          decoder_ffn_dim=64), text_config=text_shape or SMALL_TEXT, projection_dim=512,
-                        attn_implementation=attn, **config)
+    cfg = WavLinkConfig(
+        audio_config=dict(
+            WHISPER_SHAPES[shape], num_mel_bins=80, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64
+        ),
+        text_config=text_shape or SMALL_TEXT,
+        projection_dim=512,
+        attn_implementation=attn,
+        **config,
+    )
     return WavLinkModel(cfg).to(device).eval()
 
 
@@ -172,4 +216,6 @@ def whisper_processor(text_captions=("a sound",)):
     from processing_wavlink import WavLinkProcessor
     from wavlink.training.tokenization import build_word_tokenizer
 
-    return WavLinkProcessor(WhisperFeatureExtractor(feature_size=80, return_attention_mask=False), build_word_tokenizer(text_captions))
+    return WavLinkProcessor(
+        WhisperFeatureExtractor(feature_size=80, return_attention_mask=False), build_word_tokenizer(text_captions)
+    )

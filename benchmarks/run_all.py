@@ -13,8 +13,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_audio.py", "bench_optimizations.py", "bench_text.py", "bench_train.py", "bench_length_grouping.py",
-           "bench_search.py", "bench_bf16.py"]
+SCRIPTS = [
+    "bench_audio.py",
+    "bench_optimizations.py",
+    "bench_text.py",
+    "bench_train.py",
+    "bench_length_grouping.py",
+    "bench_search.py",
+    "bench_bf16.py",
+]
 
 
 def main(argv=None):
@@ -36,9 +43,11 @@ def main(argv=None):
     for device_type in sorted({r["machine"]["device"].split(":")[0] for r in records}):
         mine = [r for r in records if r["machine"]["device"].startswith(device_type)]
         machine = mine[0]["machine"]
-        header = (f"# WavLink benchmarks on {machine.get('gpu') or machine.get('cpu')} ({device_type})\n\n"
-                  f"torch {machine['torch']}, transformers {machine['transformers']}, {machine['cpu_count']} CPU cores, "
-                  f"{machine['torch_threads']} torch threads; CPU bf16 support: {machine.get('cpu_bf16')}.\n")
+        header = (
+            f"# WavLink benchmarks on {machine.get('gpu') or machine.get('cpu')} ({device_type})\n\n"
+            f"torch {machine['torch']}, transformers {machine['transformers']}, {machine['cpu_count']} CPU cores, "
+            f"{machine['torch_threads']} torch threads; CPU bf16 support: {machine.get('cpu_bf16')}.\n"
+        )
         body = "\n".join(f"\n## {r['benchmark']} ({r['time']})\n\n{r['table']}\n" for r in mine)
         (Path(args.out) / f"summary-{device_type}.md").write_text(header + body)
     print(f"\nall benchmarks: {time.perf_counter() - started:.0f} s; failures: {failures or 'none'}")

@@ -2,7 +2,6 @@ import os
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 # The suite never needs the real Hub (publishing tests start their own local one): fail fast instead of waiting on
@@ -14,11 +13,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from transformers import WhisperFeatureExtractor  # noqa: E402
 
 from configuration_wavlink import WavLinkConfig  # noqa: E402
 from modeling_wavlink import WavLinkModel  # noqa: E402
 from processing_wavlink import WavLinkProcessor  # noqa: E402
-from transformers import WhisperFeatureExtractor  # noqa: E402
 from wavlink.training.tokenization import build_word_tokenizer  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -60,10 +59,26 @@ TINY_CAPTIONS = ["a dog barks", "rain falls softly", "a high tone", "a low hum",
 
 
 def tiny_config(**overrides) -> WavLinkConfig:
-    audio = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
-                 max_source_positions=1500, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32)
-    text = dict(model_type="bert", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=64)
+    audio = dict(
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=32,
+    )
+    text = dict(
+        model_type="bert",
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     kwargs = dict(audio_config=audio, text_config=text, projection_dim=16)
     kwargs.update(overrides)
     return WavLinkConfig(**kwargs)
@@ -89,8 +104,23 @@ def run_two_cpu_processes(args: list[str], timeout: int = 600):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(port),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *args,
+    ]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

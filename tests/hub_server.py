@@ -78,7 +78,9 @@ def _handler(state: HubState):
             match = re.fullmatch(r"/api/models/(.+?)/preupload/([^/]+)", path)
             if match:
                 files = json.loads(body)["files"]
-                return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+                return self._json(
+                    200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                )
             match = re.fullmatch(r"/api/models/(.+?)/commit/([^/]+)", path)
             if match:
                 repo = self._repo(match.group(1))
@@ -96,8 +98,10 @@ def _handler(state: HubState):
                             repo.files.pop(item["value"]["path"], None)
                         elif item["key"] == "lfsFile":
                             return self._json(400, {"error": "LFS uploads are not supported by the test hub"})
-                    sha = hashlib.sha1(repr(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in repo.files.items())).encode()
-                                       + str(len(repo.commits)).encode()).hexdigest()
+                    sha = hashlib.sha1(
+                        repr(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in repo.files.items())).encode()
+                        + str(len(repo.commits)).encode()
+                    ).hexdigest()
                     repo.commits.append(sha)
                 return self._json(200, {"commitUrl": f"{self._base()}/{match.group(1)}/commit/{sha}", "commitOid": sha})
             return self._json(404, {"error": f"unhandled POST {path}"})
@@ -117,8 +121,19 @@ def _handler(state: HubState):
                 if repo is None:
                     return self._not_found()
                 siblings = [{"rfilename": name, "size": len(data)} for name, data in sorted(repo.files.items())]
-                return self._json(200, {"id": match.group(1), "modelId": match.group(1), "sha": repo.sha, "siblings": siblings,
-                                        "private": False, "tags": [], "downloads": 0, "likes": 0})
+                return self._json(
+                    200,
+                    {
+                        "id": match.group(1),
+                        "modelId": match.group(1),
+                        "sha": repo.sha,
+                        "siblings": siblings,
+                        "private": False,
+                        "tags": [],
+                        "downloads": 0,
+                        "likes": 0,
+                    },
+                )
             match = re.fullmatch(r"/api/models/(.+?)/tree/([^/]+)(?:/(.*))?", path)
             if match:
                 repo = self._repo(match.group(1))
@@ -129,11 +144,13 @@ def _handler(state: HubState):
                 for name, data in sorted(repo.files.items()):
                     if prefix and not name.startswith(prefix + "/"):
                         continue
-                    rest = name[len(prefix) + 1:] if prefix else name
+                    rest = name[len(prefix) + 1 :] if prefix else name
                     if "/" in rest and "recursive=true" not in (parsed.query or "").lower():
                         folders.add((prefix + "/" if prefix else "") + rest.split("/")[0])
                         continue
-                    entries.append({"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()})
+                    entries.append(
+                        {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                    )
                 entries += [{"type": "directory", "path": f, "oid": "0" * 40, "size": 0} for f in sorted(folders)]
                 return self._json(200, entries)
             match = re.fullmatch(r"/(.+?)/resolve/([^/]+)/(.+)", path)

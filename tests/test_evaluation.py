@@ -10,14 +10,24 @@ from conftest import run_two_cpu_processes, tiny_model, tiny_processor
 from huggingface_hub import ModelCard
 
 from wavlink.evaluation import cli as eval_cli
-from wavlink.evaluation.readers import read_classification_set, read_multiple_choice_set, read_retrieval_set
 from wavlink.evaluation.embedding import embed_clips, embed_texts
-from wavlink.evaluation.tasks import evaluate_multiple_choice, multiple_choice_text
 from wavlink.evaluation.metrics import retrieval_metrics
+from wavlink.evaluation.readers import read_classification_set, read_multiple_choice_set, read_retrieval_set
+from wavlink.evaluation.tasks import evaluate_multiple_choice, multiple_choice_text
 from wavlink.training.synthetic import generate_dataset
 
-CAPTION_WORDS = ["a steady low pitched sine tone", "white noise", "three short beeps", "a rising sweep", "a high tone",
-                 "this is a sound of tone", "noise", "beeps", "sweep", "what is it?"]
+CAPTION_WORDS = [
+    "a steady low pitched sine tone",
+    "white noise",
+    "three short beeps",
+    "a rising sweep",
+    "a high tone",
+    "this is a sound of tone",
+    "noise",
+    "beeps",
+    "sweep",
+    "what is it?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +66,16 @@ def write_clotho(corpus, path):
 def test_clotho_layout_end_to_end(corpus, saved_model, tmp_path, capsys):
     root, rows = corpus
     table = write_clotho(corpus, root / "clotho_eval.csv")
-    assert eval_cli.main(["retrieval", "--model", str(saved_model), "--data", str(table), "--out", str(tmp_path), "--no_progress"]) == 0
+    assert (
+        eval_cli.main(
+            ["retrieval", "--model", str(saved_model), "--data", str(table), "--out", str(tmp_path), "--no_progress"]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "retrieval-clotho_eval.json").read_text())
-    assert list(record["results"]) == ["16", "8", "4", "2"] and record["num_clips"] == 24 and record["num_captions"] == 120
+    assert (
+        list(record["results"]) == ["16", "8", "4", "2"] and record["num_clips"] == 24 and record["num_captions"] == 120
+    )
     assert (tmp_path / "retrieval-clotho_eval.png").stat().st_size > 5000
     assert "| 16 |" in (tmp_path / "retrieval-clotho_eval.md").read_text()
     # independent check: the same numbers from embeddings computed one clip and one caption at a time
@@ -111,11 +128,29 @@ def test_esc50_layout_end_to_end_with_fold_filter(corpus, saved_model, tmp_path)
     data = read_classification_set(folder, fold=1)
     assert len(data.clips) == 12 and data.labels == ["beeps", "mixture", "noise", "sweep", "tone"]
     out = tmp_path / "out"
-    args = ["zero-shot", "--model", str(saved_model), "--data", str(folder), "--fold", "1", "--out", str(out),
-            "--templates", "this is a sound of {label}.", "{label}", "--no_progress", "--model_card"]
+    args = [
+        "zero-shot",
+        "--model",
+        str(saved_model),
+        "--data",
+        str(folder),
+        "--fold",
+        "1",
+        "--out",
+        str(out),
+        "--templates",
+        "this is a sound of {label}.",
+        "{label}",
+        "--no_progress",
+        "--model_card",
+    ]
     assert eval_cli.main(args) == 0
     record = json.loads((out / "zero-shot-ESC-50.json").read_text())
-    assert record["num_clips"] == 12 and record["fold"] == 1 and set(record["results"]["16"]) == {"top1_accuracy", "top5_accuracy"}
+    assert (
+        record["num_clips"] == 12
+        and record["fold"] == 1
+        and set(record["results"]["16"]) == {"top1_accuracy", "top5_accuracy"}
+    )
     assert record["results"]["16"]["top5_accuracy"] == 100.0  # only 5 classes
     card = ModelCard.load(saved_model / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "zero-shot-audio-classification"
@@ -131,14 +166,25 @@ def test_folder_and_csv_layouts(corpus, tmp_path):
         os.symlink(root / row["audio"], tmp_path / "folder" / kind / Path(row["audio"]).name)
     data = read_classification_set(tmp_path / "folder")
     assert len(data.clips) == 4 and data.labels == sorted({r["audio"].split("_")[-1][:-4] for r in rows[:4]})
-    (tmp_path / "labels.csv").write_text("audio,label\n" + "\n".join(f"{root / r['audio']},x{i % 2}" for i, r in enumerate(rows[:6])))
+    (tmp_path / "labels.csv").write_text(
+        "audio,label\n" + "\n".join(f"{root / r['audio']},x{i % 2}" for i, r in enumerate(rows[:6]))
+    )
     assert read_classification_set(tmp_path / "labels.csv").labels == ["x0", "x1"]
 
 
 def test_multiple_choice_picks_the_nearest_question_and_option(corpus, saved_model, tmp_path):
     root, rows = corpus
-    items = [{"path": row["audio"], "question": "what is it?", "choice_a": "a rising sweep", "choice_b": "white noise",
-              "choice_c": "three short beeps", "answer_gt": "white noise" if i % 2 else "B"} for i, row in enumerate(rows[:6])]
+    items = [
+        {
+            "path": row["audio"],
+            "question": "what is it?",
+            "choice_a": "a rising sweep",
+            "choice_b": "white noise",
+            "choice_c": "three short beeps",
+            "answer_gt": "white noise" if i % 2 else "B",
+        }
+        for i, row in enumerate(rows[:6])
+    ]
     (root / "mc.json").write_text(json.dumps(items))
     data = read_multiple_choice_set(root / "mc.json")
     assert data.answers == [1] * 6
@@ -147,7 +193,9 @@ def test_multiple_choice_picks_the_nearest_question_and_option(corpus, saved_mod
     model, processor = load_model_and_processor(str(saved_model))
     results = evaluate_multiple_choice(model, processor, data, progress=False)
     audio = embed_clips(model, processor, data.clips, progress=False)
-    options = embed_texts(model, processor, [multiple_choice_text("what is it?", o) for o in data.options[0]], progress=False)
+    options = embed_texts(
+        model, processor, [multiple_choice_text("what is it?", o) for o in data.options[0]], progress=False
+    )
     expected = 100 * np.mean((audio @ options.T).argmax(1) == 1)
     assert results[16]["accuracy"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="item 0: answer 'Z'"):
@@ -161,7 +209,9 @@ def test_clear_errors(saved_model, tmp_path, capsys):
     (tmp_path / "t.csv").write_text("audio,text\na.wav,x\n")
     assert eval_cli.main(["retrieval", "--model", str(saved_model), "--data", str(tmp_path / "t.csv")]) == 2
     assert "caption_column='caption' is not a column" in capsys.readouterr().err
-    assert eval_cli.main(["retrieval", "--model", str(saved_model), "--data", str(tmp_path / "t.csv"), "--dims", "5"]) == 2
+    assert (
+        eval_cli.main(["retrieval", "--model", str(saved_model), "--data", str(tmp_path / "t.csv"), "--dims", "5"]) == 2
+    )
 
 
 @pytest.mark.slow
@@ -170,10 +220,39 @@ def test_two_processes_give_the_single_process_results(corpus, saved_model, tmp_
     table = write_clotho(corpus, root / "clotho_two.csv")
     # batch size 5 over 24 clips: uneven, so accelerate pads the last batches and gather_for_metrics must drop them
     single = tmp_path / "single"
-    assert eval_cli.main(["retrieval", "--model", str(saved_model), "--data", str(table), "--out", str(single),
-                          "--batch_size", "5", "--no_progress"]) == 0
-    result = run_two_cpu_processes(["-m", "wavlink.evaluation", "retrieval", "--model", str(saved_model), "--data", str(table),
-                                    "--out", str(tmp_path / "double"), "--batch_size", "5", "--no_progress"])
+    assert (
+        eval_cli.main(
+            [
+                "retrieval",
+                "--model",
+                str(saved_model),
+                "--data",
+                str(table),
+                "--out",
+                str(single),
+                "--batch_size",
+                "5",
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
+    result = run_two_cpu_processes(
+        [
+            "-m",
+            "wavlink.evaluation",
+            "retrieval",
+            "--model",
+            str(saved_model),
+            "--data",
+            str(table),
+            "--out",
+            str(tmp_path / "double"),
+            "--batch_size",
+            "5",
+            "--no_progress",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     one = json.loads((single / "retrieval-clotho_two.json").read_text())["results"]
     two = json.loads((tmp_path / "double" / "retrieval-clotho_two.json").read_text())
@@ -193,7 +272,10 @@ def test_real_animals_as_a_10_way_zero_shot_set(fixtures, real_model, real_proce
         (folder / path.stem).mkdir(parents=True)
         os.symlink(path, folder / path.stem / path.name)
     out = tmp_path / "out"
-    assert eval_cli.main(["zero-shot", "--model", str(saved), "--data", str(folder), "--out", str(out), "--no_progress"]) == 0
+    assert (
+        eval_cli.main(["zero-shot", "--model", str(saved), "--data", str(folder), "--out", str(out), "--no_progress"])
+        == 0
+    )
     record = json.loads((out / "zero-shot-animals.json").read_text())
     assert record["num_classes"] == 10 and list(record["results"]) == ["256", "128", "64", "32"]
     for metrics in record["results"].values():

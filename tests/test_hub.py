@@ -17,9 +17,18 @@ from pipeline_wavlink import WavLinkEmbeddingPipeline
 
 
 def run_fresh(code: str, hub: LocalHub, home, cwd) -> str:
-    env = {"PATH": os.environ["PATH"], "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(home), "HF_TOKEN": "hf_test_token",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HOME": str(home),
+        "HF_TOKEN": "hf_test_token",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
 
@@ -48,10 +57,22 @@ def test_push_to_hub_then_load_by_repo_id_in_a_fresh_process(hub, tmp_path):
         processor = AutoProcessor.from_pretrained({str(saved)!r}, trust_remote_code=True)
         model.push_to_hub("me/wavlink-tiny")
         processor.push_to_hub("me/wavlink-tiny")
-        """, hub, tmp_path / "home-push", tmp_path)
+        """,
+        hub,
+        tmp_path / "home-push",
+        tmp_path,
+    )
     files = hub.files("me/wavlink-tiny")
-    for name in ("model.safetensors", "config.json", "configuration_wavlink.py", "modeling_wavlink.py",
-                 "processing_wavlink.py", "pipeline_wavlink.py", "processor_config.json", "tokenizer.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "configuration_wavlink.py",
+        "modeling_wavlink.py",
+        "processing_wavlink.py",
+        "pipeline_wavlink.py",
+        "processor_config.json",
+        "tokenizer.json",
+    ):
         assert name in files, name
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
 
@@ -63,21 +84,27 @@ def test_push_to_hub_then_load_by_repo_id_in_a_fresh_process(hub, tmp_path):
         model = AutoModel.from_pretrained("me/wavlink-tiny", trust_remote_code=True).eval()
         processor = AutoProcessor.from_pretrained("me/wavlink-tiny", trust_remote_code=True)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        raw = np.load({str(tmp_path / 'clips.npy')!r})
+        raw = np.load({str(tmp_path / "clips.npy")!r})
         clips = [raw[0][:{len(clips[0])}], raw[1][:{len(clips[1])}]]
         with torch.no_grad():
             out = model(**processor(audio=clips, sampling_rate=16000, text={TINY_CAPTIONS[:2]!r}))
         np.save("audio.npy", out.audio_embeds.numpy())
         embed = pipeline(model="me/wavlink-tiny", trust_remote_code=True)
         np.save("pipeline.npy", embed(audio=[{{"array": c, "sampling_rate": 16000}} for c in clips], dim=4))
-        """, hub, tmp_path / "home-load", tmp_path)
+        """,
+        hub,
+        tmp_path / "home-load",
+        tmp_path,
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "audio.npy"), expected.audio_embeds.numpy())
     pipeline_embeds = np.load(tmp_path / "pipeline.npy")
     reference = torch.nn.functional.normalize(expected.audio_embeds[:, :4], dim=-1).numpy()
     np.testing.assert_allclose(pipeline_embeds, reference, atol=1e-6)
     # the weights really came over HTTP from the test hub
-    assert any(method == "GET" and re.fullmatch(r"/me/wavlink-tiny/resolve/[^/]+/model.safetensors", path)
-               for method, path in hub.state.requests)
+    assert any(
+        method == "GET" and re.fullmatch(r"/me/wavlink-tiny/resolve/[^/]+/model.safetensors", path)
+        for method, path in hub.state.requests
+    )
 
 
 def test_wavlink_push_writes_a_model_card_and_pushes_lora_adapters(hub, tmp_path):
@@ -85,18 +112,42 @@ def test_wavlink_push_writes_a_model_card_and_pushes_lora_adapters(hub, tmp_path
     from wavlink.training.synthetic import generate_dataset
 
     data = generate_dataset(tmp_path / "data", num_train=32, num_eval=8, seed=2)
-    tiny = {"audio_config": {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32,
-                             "decoder_layers": 1, "decoder_attention_heads": 2, "decoder_ffn_dim": 32},
-            "text_config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                            "intermediate_size": 32}, "projection_dim": 16, "per_device_train_batch_size": 8,
-            "train_files": [str(data["train"])], "eval_file": str(data["eval"]), "report_to": "none", "save_steps": None,
-            "max_audio_seconds": 2.0}
+    tiny = {
+        "audio_config": {
+            "d_model": 32,
+            "encoder_layers": 1,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 32,
+            "decoder_layers": 1,
+            "decoder_attention_heads": 2,
+            "decoder_ffn_dim": 32,
+        },
+        "text_config": {
+            "model_type": "bert",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+        },
+        "projection_dim": 16,
+        "per_device_train_batch_size": 8,
+        "train_files": [str(data["train"])],
+        "eval_file": str(data["eval"]),
+        "report_to": "none",
+        "save_steps": None,
+        "max_audio_seconds": 2.0,
+    }
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({**tiny, "max_steps": 1}))
     _, _, base_final = train.train([str(tmp_path / "base.yaml"), "--output_dir", str(tmp_path / "base")])
     lora = {k: v for k, v in tiny.items() if k not in ("audio_config", "text_config")}
-    (tmp_path / "lora.yaml").write_text(yaml.safe_dump({**lora, "max_steps": 2, "finetune": "lora", "lora_rank": 2,
-                                                        "model_name_or_path": str(base_final)}))
-    lora_model, processor, lora_final = train.train([str(tmp_path / "lora.yaml"), "--output_dir", str(tmp_path / "lora")])
+    (tmp_path / "lora.yaml").write_text(
+        yaml.safe_dump(
+            {**lora, "max_steps": 2, "finetune": "lora", "lora_rank": 2, "model_name_or_path": str(base_final)}
+        )
+    )
+    lora_model, processor, lora_final = train.train(
+        [str(tmp_path / "lora.yaml"), "--output_dir", str(tmp_path / "lora")]
+    )
 
     from wavlink.hub.push import main as push
 
@@ -106,7 +157,11 @@ def test_wavlink_push_writes_a_model_card_and_pushes_lora_adapters(hub, tmp_path
         from wavlink.hub.push import push_folder
         push_folder({str(base_final)!r}, "me/wavlink-base")
         push_folder({str(lora_final)!r}, "me/wavlink-lora")
-        """, hub, tmp_path / "home-push", tmp_path)
+        """,
+        hub,
+        tmp_path / "home-push",
+        tmp_path,
+    )
     card = hub.files("me/wavlink-base")["README.md"].decode()
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "zero-shot-audio-classification"
@@ -131,7 +186,11 @@ def test_wavlink_push_writes_a_model_card_and_pushes_lora_adapters(hub, tmp_path
         processor = AutoProcessor.from_pretrained("me/wavlink-lora", trust_remote_code=True)
         with torch.no_grad():
             np.save("lora.npy", model(**processor(audio=[{clip!r}], text=["a tone"])).audio_embeds.numpy())
-        """, hub, tmp_path / "home-load", tmp_path)
+        """,
+        hub,
+        tmp_path / "home-load",
+        tmp_path,
+    )
     np.testing.assert_allclose(np.load(tmp_path / "lora.npy"), expected, atol=1e-6)
 
 
@@ -153,7 +212,9 @@ def test_embedding_pipeline_on_real_recordings(real_model, real_processor, anima
     assert embeds.shape == (10, 64) and embeds.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embeds, axis=1), 1.0, atol=1e-5)
     with torch.no_grad():
-        reference = torch.cat([real_model.get_audio_features(**real_processor(audio=f), dim=64).pooler_output for f in animal_files])
+        reference = torch.cat(
+            [real_model.get_audio_features(**real_processor(audio=f), dim=64).pooler_output for f in animal_files]
+        )
     np.testing.assert_allclose(embeds, reference.numpy(), atol=1e-4)
     text = pipe(text=["a dog barks", "a rooster crows"])
     assert text.shape == (2, 256)

@@ -61,7 +61,9 @@ def test_index_search_and_incremental_reindex(setup, tmp_path):
     model, processor = load_model_and_processor(str(model_dir))
     with torch.no_grad():
         query = model.get_text_features(**processor(text=["white noise"]), dim=8).pooler_output[0].numpy()
-    np.testing.assert_allclose([s for s, _, _ in text_hits], np.sort(matrix @ query / np.linalg.norm(matrix, axis=1))[::-1][:4], atol=1e-5)
+    np.testing.assert_allclose(
+        [s for s, _, _ in text_hits], np.sort(matrix @ query / np.linalg.norm(matrix, axis=1))[::-1][:4], atol=1e-5
+    )
 
 
 def test_int8_index_is_smaller_and_ranks_alike(setup, tmp_path):
@@ -75,7 +77,10 @@ def test_int8_index_is_smaller_and_ranks_alike(setup, tmp_path):
     assert codes.dtype == np.int8 and np.abs(codes).max() == 127
     query = exact[0]
     np.testing.assert_allclose(approx @ query, exact @ query, atol=0.02)  # cosine scores barely move
-    stored = lambda name: sqlite3.connect(tmp_path / name).execute("SELECT sum(length(embedding)) FROM items").fetchone()[0]  # noqa: E731
+
+    def stored(name):
+        return sqlite3.connect(tmp_path / name).execute("SELECT sum(length(embedding)) FROM items").fetchone()[0]
+
     assert stored("q.index") * 4 == stored("f.index") == 12 * 16 * 4
 
 
@@ -99,19 +104,37 @@ def test_an_interrupted_run_keeps_what_it_wrote(setup, tmp_path, monkeypatch):
     assert len(AudioIndex.open(out)) == committed
     monkeypatch.setattr(WavLinkEmbeddingPipeline, "__call__", real_call)
     report = build_index(sounds, str(model_dir), out, dim=8, chunk=3, progress=False)
-    assert report["added"] == 12 - committed and report["skipped_unchanged"] == committed and report["total_in_index"] == 12
+    assert (
+        report["added"] == 12 - committed
+        and report["skipped_unchanged"] == committed
+        and report["total_in_index"] == 12
+    )
 
 
 def test_clear_errors(setup, tmp_path, capsys):
     sounds, model_dir = setup
     (tmp_path / "empty").mkdir()
     cases = [
-        (wavlink_index.index_main, [str(tmp_path / "empty"), "--model", str(model_dir), "--out", str(tmp_path / "x.index")], "no audio files"),
-        (wavlink_index.index_main, [str(sounds), "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x.index")], "does not exist"),
-        (wavlink_index.index_main, [str(sounds), "--model", str(model_dir), "--out", str(tmp_path / "x.index"), "--dim", "5"], "--dim 5"),
+        (
+            wavlink_index.index_main,
+            [str(tmp_path / "empty"), "--model", str(model_dir), "--out", str(tmp_path / "x.index")],
+            "no audio files",
+        ),
+        (
+            wavlink_index.index_main,
+            [str(sounds), "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x.index")],
+            "does not exist",
+        ),
+        (
+            wavlink_index.index_main,
+            [str(sounds), "--model", str(model_dir), "--out", str(tmp_path / "x.index"), "--dim", "5"],
+            "--dim 5",
+        ),
     ]
     (tmp_path / "corrupt.index").write_bytes(b"this is not sqlite" * 100)
-    cases.append((wavlink_index.search_main, [str(tmp_path / "corrupt.index"), "query"], "not a WavLink index or is corrupt"))
+    cases.append(
+        (wavlink_index.search_main, [str(tmp_path / "corrupt.index"), "query"], "not a WavLink index or is corrupt")
+    )
     other = sqlite3.connect(tmp_path / "other.index")
     other.execute("CREATE TABLE meta (key TEXT, value TEXT)")
     other.execute("CREATE TABLE items (path TEXT)")
@@ -132,11 +155,36 @@ def test_real_recordings_index(tmp_path, fixtures, real_model, real_processor, c
     model_dir = tmp_path / "real"
     real_model.save_pretrained(model_dir)
     real_processor.save_pretrained(model_dir)
-    assert wavlink_index.index_main([str(fixtures / "audio" / "animals"), "--model", str(model_dir), "--out",
-                                     str(tmp_path / "animals.index"), "--dim", "64", "--int8", "--no_progress"]) == 0
+    assert (
+        wavlink_index.index_main(
+            [
+                str(fixtures / "audio" / "animals"),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(tmp_path / "animals.index"),
+                "--dim",
+                "64",
+                "--int8",
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
     assert "10 embedded" in capsys.readouterr().out
-    assert wavlink_index.search_main([str(tmp_path / "animals.index"), "--audio", str(fixtures / "audio" / "animals" / "owl.mp3"),
-                                      "-k", "3", "--no_progress"]) == 0
+    assert (
+        wavlink_index.search_main(
+            [
+                str(tmp_path / "animals.index"),
+                "--audio",
+                str(fixtures / "audio" / "animals" / "owl.mp3"),
+                "-k",
+                "3",
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
     first = capsys.readouterr().out.splitlines()[0]
     assert "owl.mp3" in first and "+0.99" in first or "+1.00" in first
 
@@ -145,8 +193,20 @@ def test_real_recordings_index(tmp_path, fixtures, real_model, real_processor, c
 def test_two_process_indexing_matches_one_process(setup, tmp_path):
     sounds, model_dir = setup
     single = build_index(sounds, str(model_dir), tmp_path / "one.index", dim=8, chunk=2, progress=False)
-    result = run_two_cpu_processes(["-m", "wavlink.search", str(sounds), "--model", str(model_dir), "--out", str(tmp_path / "two.index"),
-                                    "--dim", "8", "--no_progress"])
+    result = run_two_cpu_processes(
+        [
+            "-m",
+            "wavlink.search",
+            str(sounds),
+            "--model",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "two.index"),
+            "--dim",
+            "8",
+            "--no_progress",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "12 embedded" in result.stdout and "1 unreadable" in result.stdout
     one_paths, _, one = AudioIndex.open(tmp_path / "one.index").load()

@@ -3,8 +3,13 @@
 import numpy as np
 import pytest
 
+from wavlink.evaluation.metrics import (
+    audio_to_text_ranks,
+    classification_metrics,
+    retrieval_metrics,
+    text_to_audio_ranks,
+)
 from wavlink.evaluation.tasks import zero_shot_at_dims
-from wavlink.evaluation.metrics import audio_to_text_ranks, classification_metrics, retrieval_metrics, text_to_audio_ranks
 
 
 def test_perfect_ranking():

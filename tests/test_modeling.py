@@ -5,8 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY_CAPTIONS, noise, tiny_config, tiny_model, tiny_processor
-from transformers import BertModel, CLIPConfig, CLIPModel, ModernBertConfig, ModernBertModel, WhisperConfig
-from transformers import WhisperForConditionalGeneration
+from transformers import (
+    BertModel,
+    CLIPConfig,
+    CLIPModel,
+    ModernBertConfig,
+    ModernBertModel,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from configuration_wavlink import WavLinkConfig
@@ -83,7 +90,9 @@ def test_batched_variable_length_equals_each_clip_alone(pooling):
         batch = processor(audio=clips, sampling_rate=16000)
         assert len({int(n) for n in batch["input_features_mask"].sum(1)}) == 4
         batched = model.get_audio_features(**batch).pooler_output
-        alone = torch.cat([model.get_audio_features(**processor(audio=c, sampling_rate=16000)).pooler_output for c in clips])
+        alone = torch.cat(
+            [model.get_audio_features(**processor(audio=c, sampling_rate=16000)).pooler_output for c in clips]
+        )
     assert (batched - alone).abs().max() < 1e-5
 
 
@@ -107,8 +116,14 @@ def test_long_audio_windows_are_averaged_before_normalisation():
         embeds = model.get_audio_features(**batch).pooler_output
         windows = [clip[:480000], clip[480000:960000], clip[960000:]]
         projected = torch.cat(
-            [model.audio_projection(model.encode_audio(**{k: v for k, v in processor(audio=w, sampling_rate=16000).items()}).pooler_output)
-             for w in windows]
+            [
+                model.audio_projection(
+                    model.encode_audio(
+                        **{k: v for k, v in processor(audio=w, sampling_rate=16000).items()}
+                    ).pooler_output
+                )
+                for w in windows
+            ]
         )
     assert embeds.shape == (2, 16)
     torch.testing.assert_close(embeds[0], F.normalize(projected.mean(0), dim=-1), rtol=0, atol=1e-5)
@@ -172,7 +187,10 @@ def test_matryoshka_loss_averages_renormalised_prefixes():
     a, t = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
     scale = torch.tensor(5.0)
     expected = np.mean(
-        [_reference_clip(F.normalize(a[:, :d], dim=-1).numpy(), F.normalize(t[:, :d], dim=-1).numpy(), 5.0) for d in (16, 8, 4)]
+        [
+            _reference_clip(F.normalize(a[:, :d], dim=-1).numpy(), F.normalize(t[:, :d], dim=-1).numpy(), 5.0)
+            for d in (16, 8, 4)
+        ]
     )
     got = matryoshka_contrastive_loss(a, t, scale, loss_type="clip", matryoshka_dims=[16, 8, 4])
     assert got.item() == pytest.approx(expected, rel=1e-5)
@@ -184,10 +202,21 @@ def test_sharded_loss_averages_to_the_global_loss(loss_type):
     g = torch.Generator().manual_seed(2)
     a, t = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
     scale, bias = torch.tensor(10.0), torch.tensor(-2.0)
-    full = matryoshka_contrastive_loss(a, t, logit_scale=scale, logit_bias=bias, loss_type=loss_type, matryoshka_dims=[16, 8])
+    full = matryoshka_contrastive_loss(
+        a, t, logit_scale=scale, logit_bias=bias, loss_type=loss_type, matryoshka_dims=[16, 8]
+    )
     shards = [
-        matryoshka_contrastive_loss(a[i : i + 4], t[i : i + 4], logit_scale=scale, logit_bias=bias, loss_type=loss_type,
-                                    matryoshka_dims=[16, 8], all_audio_embeds=a, all_text_embeds=t, offset=i)
+        matryoshka_contrastive_loss(
+            a[i : i + 4],
+            t[i : i + 4],
+            logit_scale=scale,
+            logit_bias=bias,
+            loss_type=loss_type,
+            matryoshka_dims=[16, 8],
+            all_audio_embeds=a,
+            all_text_embeds=t,
+            offset=i,
+        )
         for i in (0, 4)
     ]
     assert torch.stack(shards).mean().item() == pytest.approx(full.item(), rel=1e-6)
@@ -210,7 +239,11 @@ def test_gradient_checkpointing_and_attention_implementations_agree():
     processor = tiny_processor()
     batch = processor(audio=[noise(1.0), noise(1.7, seed=1)], sampling_rate=16000, text=TINY_CAPTIONS[:2])
     results = {}
-    for name, kwargs, checkpointing in [("sdpa", {}, False), ("eager", {"attn_implementation": "eager"}, False), ("ckpt", {}, True)]:
+    for name, kwargs, checkpointing in [
+        ("sdpa", {}, False),
+        ("eager", {"attn_implementation": "eager"}, False),
+        ("ckpt", {}, True),
+    ]:
         torch.manual_seed(0)
         model = WavLinkModel(tiny_config(**kwargs)).train()
         if kwargs:
@@ -253,9 +286,21 @@ def test_eager_and_sdpa_give_the_same_padded_batch_embeddings():
 
 
 def _tiny_whisper(path, dtype, encoder_only=False):
-    config = WhisperConfig(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, decoder_layers=1,
-                           decoder_attention_heads=2, decoder_ffn_dim=32, vocab_size=100, max_target_positions=16,
-                           pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    config = WhisperConfig(
+        d_model=32,
+        encoder_layers=1,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=32,
+        vocab_size=100,
+        max_target_positions=16,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+    )
     torch.manual_seed(3)
     model = WhisperForConditionalGeneration(config).to(dtype)
     (model.model.encoder if encoder_only else model).save_pretrained(path)
@@ -276,9 +321,23 @@ def test_from_towers_loads_float16_whisper_as_float32(tmp_path, encoder_only):
 def test_from_towers_reuses_clip_text_projection(tmp_path):
     _tiny_whisper(tmp_path / "whisper", torch.float32)
     config = CLIPConfig(
-        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-                         max_position_embeddings=20, eos_token_id=2),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, image_size=30, patch_size=15),
+        text_config=dict(
+            vocab_size=99,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=20,
+            eos_token_id=2,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=30,
+            patch_size=15,
+        ),
         projection_dim=24,
     )
     torch.manual_seed(4)
@@ -299,8 +358,17 @@ def test_from_towers_reuses_clip_text_projection(tmp_path):
 def test_from_towers_with_modernbert_pools_cls(tmp_path):
     _tiny_whisper(tmp_path / "whisper", torch.float32)
     torch.manual_seed(5)
-    bert = ModernBertModel(ModernBertConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                            num_attention_heads=2, pad_token_id=0, global_attn_every_n_layers=1)).eval()
+    bert = ModernBertModel(
+        ModernBertConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            pad_token_id=0,
+            global_attn_every_n_layers=1,
+        )
+    ).eval()
     bert.save_pretrained(tmp_path / "modernbert")
     model = WavLinkModel.from_towers(str(tmp_path / "whisper"), str(tmp_path / "modernbert"), projection_dim=16).eval()
     input_ids = torch.tensor([[1, 5, 6, 7], [1, 9, 2, 0]])
@@ -329,7 +397,10 @@ def test_real_audio_tower_equals_stock_encoder(fixtures, real_model):
         features = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             torch.testing.assert_close(
-                real_model.encode_audio(features).last_hidden_state, stock(features).last_hidden_state, rtol=0, atol=1e-5
+                real_model.encode_audio(features).last_hidden_state,
+                stock(features).last_hidden_state,
+                rtol=0,
+                atol=1e-5,
             )
     finally:
         real_model.audio_global_token = token
@@ -351,7 +422,9 @@ def test_real_text_tower_equals_stock_bert(fixtures, real_model, real_processor)
 def test_real_recordings_batched_equal_alone(real_model, real_processor, animal_files):
     with torch.no_grad():
         batched = real_model.get_audio_features(**real_processor(audio=animal_files)).pooler_output
-        alone = torch.cat([real_model.get_audio_features(**real_processor(audio=f)).pooler_output for f in animal_files])
+        alone = torch.cat(
+            [real_model.get_audio_features(**real_processor(audio=f)).pooler_output for f in animal_files]
+        )
     assert (batched - alone).abs().max() < 1e-4
 
 

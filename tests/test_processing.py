@@ -16,7 +16,10 @@ def _tone(seconds=1.0, rate=16000, freq=440.0):
     return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-@pytest.mark.parametrize("fmt, ext, subtype", [("WAV", "wav", "PCM_16"), ("FLAC", "flac", "PCM_16"), ("OGG", "ogg", "VORBIS"), ("MP3", "mp3", "MPEG_LAYER_III")])
+@pytest.mark.parametrize(
+    "fmt, ext, subtype",
+    [("WAV", "wav", "PCM_16"), ("FLAC", "flac", "PCM_16"), ("OGG", "ogg", "VORBIS"), ("MP3", "mp3", "MPEG_LAYER_III")],
+)
 def test_file_formats_decode(tmp_path, fmt, ext, subtype):
     path = tmp_path / f"tone.{ext}"
     soundfile.write(path, _tone(1.0, 22050), 22050, format=fmt, subtype=subtype)
@@ -54,8 +57,16 @@ def test_datasets_style_dicts(tmp_path):
     "audio, kwargs, message",
     [
         ([noise(1.0), np.zeros(0, dtype=np.float32)], {"sampling_rate": 16000}, r"audio\[1\]: audio is empty"),
-        ([np.array([0.1, np.nan] * 800, dtype=np.float32)], {"sampling_rate": 16000}, r"audio\[0\]: audio contains NaN"),
-        ([noise(1.0), np.array([np.inf] * 1600, dtype=np.float32)], {"sampling_rate": 16000}, r"audio\[1\].*NaN or Inf"),
+        (
+            [np.array([0.1, np.nan] * 800, dtype=np.float32)],
+            {"sampling_rate": 16000},
+            r"audio\[0\]: audio contains NaN",
+        ),
+        (
+            [noise(1.0), np.array([np.inf] * 1600, dtype=np.float32)],
+            {"sampling_rate": 16000},
+            r"audio\[1\].*NaN or Inf",
+        ),
         ([noise(1.0)], {}, r"audio\[0\]: a raw array needs `sampling_rate`"),
         (["/nonexistent/clip.wav"], {}, r"audio\[0\] \(/nonexistent/clip.wav\): cannot decode"),
         ([noise(1.0), 3.5], {"sampling_rate": 16000}, r"audio\[1\]: unsupported audio type float"),

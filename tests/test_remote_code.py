@@ -16,7 +16,8 @@ CHILD_PRELUDE = textwrap.dedent(
     import importlib.abc, sys
     class _Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"configuration_wavlink", "modeling_wavlink", "processing_wavlink", "wavlink", "train"}:
+            sources = {"configuration_wavlink", "modeling_wavlink", "processing_wavlink", "wavlink", "train"}
+            if name.split(".")[0] in sources:
                 raise ImportError(f"source module {name} must not be importable here")
     sys.meta_path.insert(0, _Block())
     """
@@ -26,7 +27,11 @@ CHILD_PRELUDE = textwrap.dedent(
 def run_child(code: str, cwd) -> str:
     result = subprocess.run(
         [sys.executable, "-c", CHILD_PRELUDE + textwrap.dedent(code)],
-        cwd=cwd, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
@@ -39,8 +44,14 @@ def test_saved_folder_has_remote_code_and_auto_map(tmp_path):
     for module in ("configuration_wavlink.py", "modeling_wavlink.py", "processing_wavlink.py", "model.safetensors"):
         assert (tmp_path / module).exists(), module
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["auto_map"] == {"AutoConfig": "configuration_wavlink.WavLinkConfig", "AutoModel": "modeling_wavlink.WavLinkModel"}
-    assert json.loads((tmp_path / "processor_config.json").read_text())["auto_map"]["AutoProcessor"] == "processing_wavlink.WavLinkProcessor"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_wavlink.WavLinkConfig",
+        "AutoModel": "modeling_wavlink.WavLinkModel",
+    }
+    assert (
+        json.loads((tmp_path / "processor_config.json").read_text())["auto_map"]["AutoProcessor"]
+        == "processing_wavlink.WavLinkProcessor"
+    )
     assert not list(tmp_path.glob("*.bin")), "weights must be safetensors only"
 
 

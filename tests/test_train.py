@@ -14,15 +14,30 @@ from conftest import ROOT, run_two_cpu_processes
 from safetensors.torch import load_file
 
 import train
-from wavlink.training.data import AudioCaptionDataset, LengthGroupedBatchSampler, load_caption_table, parse_captions
 from wavlink.training.checkpoints import TrainerState, list_checkpoints, resolve_resume, save_checkpoint
+from wavlink.training.data import AudioCaptionDataset, LengthGroupedBatchSampler, load_caption_table, parse_captions
 from wavlink.training.synthetic import generate_dataset
 
 TINY = {
-    "audio_config": {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
-                     "decoder_layers": 1, "decoder_attention_heads": 2, "decoder_ffn_dim": 32, "dropout": 0.0},
-    "text_config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                    "intermediate_size": 64, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    "audio_config": {
+        "d_model": 32,
+        "encoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_layers": 1,
+        "decoder_attention_heads": 2,
+        "decoder_ffn_dim": 32,
+        "dropout": 0.0,
+    },
+    "text_config": {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    },
     "projection_dim": 16,
     "max_audio_seconds": 2.0,
     "per_device_train_batch_size": 8,
@@ -112,7 +127,9 @@ def saved_checkpoint(tmp_path_factory, synthetic):
 
 
 def checkpoint_run_config(path, synthetic, checkpoint, **overrides) -> str:
-    config = write_config(path, synthetic, model_name_or_path=str(checkpoint), save_steps=None, eval_file=None, **overrides)
+    config = write_config(
+        path, synthetic, model_name_or_path=str(checkpoint), save_steps=None, eval_file=None, **overrides
+    )
     values = yaml.safe_load(Path(config).read_text())
     values.pop("audio_config"), values.pop("text_config")
     Path(config).write_text(yaml.safe_dump(values))
@@ -126,22 +143,40 @@ def checkpoint_run_config(path, synthetic, checkpoint, **overrides) -> str:
         (["--matryoshka_dims", "16", "5", "10"], "--matryoshka_dims: cannot apply"),
     ],
 )
-def test_model_options_that_cannot_apply_to_a_checkpoint_fail_before_weights_load(tmp_path, synthetic, saved_checkpoint,
-                                                                                 flags, needle, monkeypatch):
+def test_model_options_that_cannot_apply_to_a_checkpoint_fail_before_weights_load(
+    tmp_path, synthetic, saved_checkpoint, flags, needle, monkeypatch
+):
     config = checkpoint_run_config(tmp_path / "c.yaml", synthetic, saved_checkpoint, max_steps=1)
-    monkeypatch.setattr(train, "build_model_and_processor", lambda *a, **k: pytest.fail("weights loaded before validation"))
+    monkeypatch.setattr(
+        train, "build_model_and_processor", lambda *a, **k: pytest.fail("weights loaded before validation")
+    )
     with pytest.raises(ValueError, match=needle):
         train.train([config, "--output_dir", str(tmp_path / "out"), *flags])
 
 
 def test_model_options_given_with_a_checkpoint_apply_and_are_saved(tmp_path, synthetic, saved_checkpoint):
     config = checkpoint_run_config(tmp_path / "c.yaml", synthetic, saved_checkpoint, max_steps=1)
-    flags = ["--loss_type", "siglip", "--matryoshka_dims", "16", "4", "--audio_pooling", "mean", "--text_pooling", "cls",
-             "--projection_dim", "16"]
+    flags = [
+        "--loss_type",
+        "siglip",
+        "--matryoshka_dims",
+        "16",
+        "4",
+        "--audio_pooling",
+        "mean",
+        "--text_pooling",
+        "cls",
+        "--projection_dim",
+        "16",
+    ]
     model, _, final = train.train([config, "--output_dir", str(tmp_path / "out"), *flags])
     saved = json.loads((final / "config.json").read_text())
-    assert (saved["loss_type"], saved["matryoshka_dims"], saved["audio_pooling"], saved["text_pooling"]) == \
-        ("siglip", [16, 4], "mean", "cls")
+    assert (saved["loss_type"], saved["matryoshka_dims"], saved["audio_pooling"], saved["text_pooling"]) == (
+        "siglip",
+        [16, 4],
+        "mean",
+        "cls",
+    )
     trained = weights(final)
     assert "logit_head.logit_bias" in trained and "audio_global_token.embedding" not in trained
     start = weights(saved_checkpoint)
@@ -149,7 +184,11 @@ def test_model_options_given_with_a_checkpoint_apply_and_are_saved(tmp_path, syn
     # options not given keep the checkpoint's values
     _, _, kept = train.train([config, "--output_dir", str(tmp_path / "kept")])
     saved = json.loads((kept / "config.json").read_text())
-    assert (saved["loss_type"], saved["matryoshka_dims"], saved["audio_pooling"]) == ("clip", [16, 8, 4, 2], "global_token")
+    assert (saved["loss_type"], saved["matryoshka_dims"], saved["audio_pooling"]) == (
+        "clip",
+        [16, 8, 4, 2],
+        "global_token",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -183,7 +222,9 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     good = tmp_path / "good.wav"
     soundfile.write(good, np.sin(np.arange(16000) / 5).astype(np.float32) * 0.3, 16000)
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF....WAVEjunk")
-    (tmp_path / "table.csv").write_text("audio,caption\ngood.wav,a tone\ncorrupt.wav,broken\nmissing.wav,gone\ngood.wav,again\n")
+    (tmp_path / "table.csv").write_text(
+        "audio,caption\ngood.wav,a tone\ncorrupt.wav,broken\nmissing.wav,gone\ngood.wav,again\n"
+    )
     dataset = AudioCaptionDataset(load_caption_table(str(tmp_path / "table.csv")), max_seconds=0.5)
     item = dataset[1]
     assert item["bad"] == 2 and "corrupt.wav" in item["errors"][0] and "missing.wav" in item["errors"][1]
@@ -191,17 +232,22 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
 
 
 def test_bad_evaluation_file_stops_the_run_before_training(tmp_path, synthetic, monkeypatch):
-    (tmp_path / "eval.csv").write_text(f"audio,caption\n{Path(synthetic['eval']).parent / 'audio' / 'eval_00000_tone.wav'},a tone\n"
-                                       "missing.wav,gone\n")
+    (tmp_path / "eval.csv").write_text(
+        f"audio,caption\n{Path(synthetic['eval']).parent / 'audio' / 'eval_00000_tone.wav'},a tone\nmissing.wav,gone\n"
+    )
     config = write_config(tmp_path / "c.yaml", synthetic, max_steps=2, eval_file=str(tmp_path / "eval.csv"))
-    monkeypatch.setattr(train, "build_model_and_processor", lambda *a: pytest.fail("the run started before checking eval files"))
+    monkeypatch.setattr(
+        train, "build_model_and_processor", lambda *a: pytest.fail("the run started before checking eval files")
+    )
     with pytest.raises(ValueError, match=r"1 evaluation clip\(s\) cannot be read: clip 1 \(.*missing.wav\)"):
         train.train([config, "--output_dir", str(tmp_path / "out")])
 
 
 def test_missing_column_is_named(tmp_path):
     (tmp_path / "t.csv").write_text("file,text\na.wav,x\n")
-    with pytest.raises(ValueError, match="audio_column='audio' is not a column; available columns: \\['file', 'text'\\]"):
+    with pytest.raises(
+        ValueError, match="audio_column='audio' is not a column; available columns: \\['file', 'text'\\]"
+    ):
         load_caption_table(str(tmp_path / "t.csv"))
 
 
@@ -213,14 +259,20 @@ def test_too_many_bad_samples_stop_the_run(tmp_path):
         if i % 3 == 0:
             (tmp_path / name).write_bytes(b"not audio")
         else:
-            soundfile.write(tmp_path / name, np.random.default_rng(i).standard_normal(8000).astype(np.float32) * 0.1, 16000)
+            soundfile.write(
+                tmp_path / name, np.random.default_rng(i).standard_normal(8000).astype(np.float32) * 0.1, 16000
+            )
         rows.append(f"{name},clip {i}")
     (tmp_path / "t.csv").write_text("\n".join(rows))
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "train_files": [str(tmp_path / "t.csv")], "max_steps": 20, "save_steps": None}))
+    config.write_text(
+        yaml.safe_dump({**TINY, "train_files": [str(tmp_path / "t.csv")], "max_steps": 20, "save_steps": None})
+    )
     with pytest.raises(RuntimeError, match="max_bad_sample_fraction"):
         train.train([str(config), "--output_dir", str(tmp_path / "out")])
-    train.train([str(config), "--output_dir", str(tmp_path / "out2"), "--max_bad_sample_fraction", "0.6", "--max_steps", "3"])
+    train.train(
+        [str(config), "--output_dir", str(tmp_path / "out2"), "--max_bad_sample_fraction", "0.6", "--max_steps", "3"]
+    )
     assert read_log(tmp_path / "out2")[-1]["bad_samples"] > 0
 
 
@@ -245,7 +297,9 @@ def test_tiny_end_to_end_run(tmp_path, synthetic, capsys):
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     reloaded = AutoModel.from_pretrained(final, trust_remote_code=True).eval()
     reloaded_processor = AutoProcessor.from_pretrained(final, trust_remote_code=True)
-    batch = reloaded_processor(audio=[str(Path(synthetic["train"]).parent / "audio" / "train_00000_tone.wav")], text=["a tone"])
+    batch = reloaded_processor(
+        audio=[str(Path(synthetic["train"]).parent / "audio" / "train_00000_tone.wav")], text=["a tone"]
+    )
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).audio_embeds, model.eval()(**batch).audio_embeds)
 
@@ -268,8 +322,16 @@ def test_lora_adapter_save_and_reload_gives_identical_embeddings(tmp_path, synth
 
     base_config = write_config(tmp_path / "base.yaml", synthetic, max_steps=1, save_steps=None)
     train.train([base_config, "--output_dir", str(tmp_path / "base")])
-    lora_config = write_config(tmp_path / "lora.yaml", synthetic, max_steps=3, save_steps=None, finetune="lora",
-                               lora_rank=4, model_name_or_path=str(tmp_path / "base" / "final"), merge_lora=True)
+    lora_config = write_config(
+        tmp_path / "lora.yaml",
+        synthetic,
+        max_steps=3,
+        save_steps=None,
+        finetune="lora",
+        lora_rank=4,
+        model_name_or_path=str(tmp_path / "base" / "final"),
+        merge_lora=True,
+    )
     for key in ("audio_config", "text_config"):
         cfg = yaml.safe_load(Path(lora_config).read_text())
         cfg.pop(key)
@@ -277,11 +339,17 @@ def test_lora_adapter_save_and_reload_gives_identical_embeddings(tmp_path, synth
     model, processor, final = train.train([lora_config, "--output_dir", str(tmp_path / "lora")])
     assert (final / "adapter_model.safetensors").exists() and (final / "adapter_config.json").exists()
     saved = load_file(str(final / "adapter_model.safetensors"))
-    assert any("lora_A" in k for k in saved) and any("audio_global_token" in k for k in saved) and any("logit_head" in k for k in saved)
+    assert (
+        any("lora_A" in k for k in saved)
+        and any("audio_global_token" in k for k in saved)
+        and any("logit_head" in k for k in saved)
+    )
     base = AutoModel.from_pretrained(tmp_path / "base" / "final", trust_remote_code=True)
     reloaded = PeftModel.from_pretrained(base, final).eval()
-    batch = processor(audio=[str(Path(synthetic["eval"]).parent / "audio" / f"eval_0000{i}_tone.wav") for i in (0, 5)],
-                      text=["a tone", "noise"])
+    batch = processor(
+        audio=[str(Path(synthetic["eval"]).parent / "audio" / f"eval_0000{i}_tone.wav") for i in (0, 5)],
+        text=["a tone", "noise"],
+    )
     with torch.no_grad():
         expected = model.eval()(**batch)
         got = reloaded(**batch)
@@ -292,9 +360,13 @@ def test_lora_adapter_save_and_reload_gives_identical_embeddings(tmp_path, synth
     # the heads really trained (they are not frozen beside the adapters)
     base_weights = weights(tmp_path / "base" / "final")
     trained_heads = reloaded.base_model.model
-    assert not torch.equal(trained_heads.logit_head.modules_to_save["default"].logit_scale.detach(), base_weights["logit_head.logit_scale"])
-    assert not torch.equal(trained_heads.audio_global_token.modules_to_save["default"].embedding.detach(),
-                           base_weights["audio_global_token.embedding"])
+    assert not torch.equal(
+        trained_heads.logit_head.modules_to_save["default"].logit_scale.detach(), base_weights["logit_head.logit_scale"]
+    )
+    assert not torch.equal(
+        trained_heads.audio_global_token.modules_to_save["default"].embedding.detach(),
+        base_weights["audio_global_token.embedding"],
+    )
 
 
 def test_atomic_checkpoint_survives_a_crash_mid_save(tmp_path, synthetic, monkeypatch):
@@ -322,13 +394,28 @@ def test_atomic_checkpoint_survives_a_crash_mid_save(tmp_path, synthetic, monkey
 
 
 def test_kill_and_resume_continues_exactly(tmp_path, synthetic):
-    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=24, save_steps=2, save_total_limit=2, eval_file=None,
-                          warmup_ratio=0.2, group_by_length=True)
+    config = write_config(
+        tmp_path / "c.yaml",
+        synthetic,
+        max_steps=24,
+        save_steps=2,
+        save_total_limit=2,
+        eval_file=None,
+        warmup_ratio=0.2,
+        group_by_length=True,
+    )
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     train.train([config, "--output_dir", str(reference_dir), "--save_total_limit", "20"])
     # Resuming mid-epoch (8 steps per epoch; step 12 is half-way through the second) continues exactly.
-    _, _, mid_epoch = train.train([config, "--output_dir", str(tmp_path / "mid"),
-                                   "--resume_from_checkpoint", str(reference_dir / "checkpoint-12")])
+    _, _, mid_epoch = train.train(
+        [
+            config,
+            "--output_dir",
+            str(tmp_path / "mid"),
+            "--resume_from_checkpoint",
+            str(reference_dir / "checkpoint-12"),
+        ]
+    )
     for name, value in weights(reference_dir / "final").items():
         torch.testing.assert_close(weights(mid_epoch)[name], value, rtol=0, atol=1e-6)
 
@@ -368,12 +455,20 @@ def logged_steps(output_dir) -> list[dict]:
 def test_two_processes_match_one_process_on_the_global_batch(tmp_path, synthetic, loss_type):
     """The default schedule (warm-up, then cosine) over several steps: same LR at every step, same logged (global)
     loss and sample count, same parameters after the run as one process holding the global batch."""
-    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=6, save_steps=None, eval_file=None,
-                          loss_type=loss_type, warmup_ratio=0.34)
+    config = write_config(
+        tmp_path / "c.yaml",
+        synthetic,
+        max_steps=6,
+        save_steps=None,
+        eval_file=None,
+        loss_type=loss_type,
+        warmup_ratio=0.34,
+    )
     single = tmp_path / "single"
     train.train([config, "--output_dir", str(single), "--per_device_train_batch_size", "8"])
-    result = run_two_cpu_processes([str(ROOT / "train.py"), config, "--output_dir", str(tmp_path / "double"),
-                                    "--per_device_train_batch_size", "4"])
+    result = run_two_cpu_processes(
+        [str(ROOT / "train.py"), config, "--output_dir", str(tmp_path / "double"), "--per_device_train_batch_size", "4"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     double_log, single_log = logged_steps(tmp_path / "double"), logged_steps(single)
     assert [r["step"] for r in double_log] == [r["step"] for r in single_log] == [1, 2, 3, 4, 5, 6]
@@ -389,37 +484,68 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path, synthetic
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=5e-6)
     for name in ("audio_global_token.embedding", "audio_projection.weight", "audio_model.layers.0.fc1.weight"):
-        assert (expected[name] - initial[name]).abs().max() > 1e-4, f"{name} did not train; the comparison proves nothing"
+        assert (expected[name] - initial[name]).abs().max() > 1e-4, (
+            f"{name} did not train; the comparison proves nothing"
+        )
 
 
 @pytest.mark.slow
 def test_two_process_schedule_with_accumulation_and_resume_follows_one_process(tmp_path, synthetic):
     """Linear schedule with gradient accumulation: the LR at every optimizer step of a 2-process run, and of a
     2-process run resumed from its checkpoint, equals the 1-process LR."""
-    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=8, save_steps=4, eval_file=None, warmup_ratio=0.25,
-                          lr_scheduler_type="linear", gradient_accumulation_steps=2, save_total_limit=5)
+    config = write_config(
+        tmp_path / "c.yaml",
+        synthetic,
+        max_steps=8,
+        save_steps=4,
+        eval_file=None,
+        warmup_ratio=0.25,
+        lr_scheduler_type="linear",
+        gradient_accumulation_steps=2,
+        save_total_limit=5,
+    )
     single = tmp_path / "single"
     train.train([config, "--output_dir", str(single), "--per_device_train_batch_size", "8"])
     expected = {r["step"]: r["lr"] for r in logged_steps(single)}
     assert list(expected) == list(range(1, 9)) and expected[2] == pytest.approx(1e-3) and expected[8] == 0.0
     double = tmp_path / "double"
-    result = run_two_cpu_processes([str(ROOT / "train.py"), config, "--output_dir", str(double),
-                                    "--per_device_train_batch_size", "4"])
+    result = run_two_cpu_processes(
+        [str(ROOT / "train.py"), config, "--output_dir", str(double), "--per_device_train_batch_size", "4"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {r["step"]: r["lr"] for r in logged_steps(double)} == pytest.approx(expected, rel=1e-12)
     resumed = tmp_path / "resumed"
-    result = run_two_cpu_processes([str(ROOT / "train.py"), config, "--output_dir", str(resumed),
-                                    "--per_device_train_batch_size", "4",
-                                    "--resume_from_checkpoint", str(double / "checkpoint-4")])
+    result = run_two_cpu_processes(
+        [
+            str(ROOT / "train.py"),
+            config,
+            "--output_dir",
+            str(resumed),
+            "--per_device_train_batch_size",
+            "4",
+            "--resume_from_checkpoint",
+            str(double / "checkpoint-4"),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {r["step"]: r["lr"] for r in logged_steps(resumed)} == pytest.approx({s: expected[s] for s in range(5, 9)}, rel=1e-12)
+    assert {r["step"]: r["lr"] for r in logged_steps(resumed)} == pytest.approx(
+        {s: expected[s] for s in range(5, 9)}, rel=1e-12
+    )
 
 
 @pytest.mark.fixtures
 def test_short_run_on_real_fixture_towers(tmp_path, synthetic, fixtures):
-    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=2, save_steps=None, per_device_train_batch_size=4,
-                          per_device_eval_batch_size=10, audio_tower=str(fixtures / "whisper-tiny.en"),
-                          text_tower=str(fixtures / "all-MiniLM-L6-v2"), projection_dim=128)
+    config = write_config(
+        tmp_path / "c.yaml",
+        synthetic,
+        max_steps=2,
+        save_steps=None,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=10,
+        audio_tower=str(fixtures / "whisper-tiny.en"),
+        text_tower=str(fixtures / "all-MiniLM-L6-v2"),
+        projection_dim=128,
+    )
     cfg = yaml.safe_load(Path(config).read_text())
     cfg.pop("audio_config"), cfg.pop("text_config")
     Path(config).write_text(yaml.safe_dump(cfg))
@@ -434,7 +560,9 @@ def test_paper_recipes_parse_and_need_only_their_data(recipe):
     with pytest.raises(ValueError, match="--train_files: 'data/"):
         train.parse_args([str(ROOT / "configs" / recipe)])
     values = yaml.safe_load((ROOT / "configs" / recipe).read_text())
-    assert values["learning_rate"] == 1e-4 and values["warmup_ratio"] == 0.05 and values["lr_scheduler_type"] == "cosine"
+    assert (
+        values["learning_rate"] == 1e-4 and values["warmup_ratio"] == 0.05 and values["lr_scheduler_type"] == "cosine"
+    )
     assert values["mixed_precision"] == "bf16" and values["num_train_epochs"] == 3
 
 
@@ -445,8 +573,14 @@ def test_streaming_and_mixed_training_sets(tmp_path, synthetic):
     table = pd.read_csv(synthetic["train"]).head(16)
     table["audio"] = [str(Path(synthetic["train"]).parent / a) for a in table["audio"]]
     table.to_csv(second, index=False)
-    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=3, save_steps=None, eval_file=None,
-                          train_files=[str(synthetic["train"]), str(second)])
+    config = write_config(
+        tmp_path / "c.yaml",
+        synthetic,
+        max_steps=3,
+        save_steps=None,
+        eval_file=None,
+        train_files=[str(synthetic["train"]), str(second)],
+    )
     train.train([config, "--output_dir", str(tmp_path / "mixed"), "--train_mix_probabilities", "0.5", "0.5"])
     train.train([config, "--output_dir", str(tmp_path / "stream"), "--streaming", "true", "--shuffle_buffer", "16"])
     for run in ("mixed", "stream"):

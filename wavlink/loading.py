@@ -41,6 +41,10 @@ def _load_adapter(path: Path, dtype):
         model = AutoModel.from_pretrained(base["model_name_or_path"], trust_remote_code=True, dtype=dtype)
     else:
         config = base["config"]
-        overrides = {k: config[k] for k in ("loss_type", "audio_pooling", "text_pooling", "matryoshka_dims") if k in config}
-        model = WavLinkModel.from_towers(base["audio_tower"], base["text_tower"], config["projection_dim"], dtype=dtype, **overrides)
+        overrides = {
+            k: config[k] for k in ("loss_type", "audio_pooling", "text_pooling", "matryoshka_dims") if k in config
+        }
+        model = WavLinkModel.from_towers(
+            base["audio_tower"], base["text_tower"], config["projection_dim"], dtype=dtype, **overrides
+        )
     return PeftModel.from_pretrained(model, str(path))

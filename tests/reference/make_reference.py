@@ -36,7 +36,8 @@ def compute(model, batch) -> dict[str, torch.Tensor]:
 
 
 def main():
-    for name, overrides in {"global-token-clip": {}, "mean-siglip": {"audio_pooling": "mean", "loss_type": "siglip"}}.items():
+    variants = {"global-token-clip": {}, "mean-siglip": {"audio_pooling": "mean", "loss_type": "siglip"}}
+    for name, overrides in variants.items():
         folder = HERE / "tiny-wavlink-0.1" / name
         model, processor = tiny_model(seed=11, **overrides), tiny_processor()
         model.save_pretrained(folder)

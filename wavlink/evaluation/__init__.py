@@ -1,2 +1,3 @@
 """Evaluation: benchmark readers (`readers`), metrics (`metrics`, numpy only), the length-sorted embedding loop
-(`embedding`), retrieval / zero-shot / multiple-choice tasks (`tasks`), reports (`report`) and `wavlink-eval` (`cli`)."""
+(`embedding`), retrieval / zero-shot / multiple-choice tasks (`tasks`), reports (`report`) and `wavlink-eval`
+(`cli`)."""

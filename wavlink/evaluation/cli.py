@@ -19,14 +19,20 @@ from .report import write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wavlink-eval", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="wavlink-eval",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     subcommands = parser.add_subparsers(dest="task", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", required=True, help="saved WavLink folder (full model or LoRA run) or Hub id")
     common.add_argument("--data", required=True, help="the evaluation set (file or folder; see the task)")
     common.add_argument("--out", default="eval_results", help="folder for the JSON, Markdown and PNG results")
-    common.add_argument("--name", default=None, help="dataset name in reports and the model card (default: from --data)")
+    common.add_argument(
+        "--name", default=None, help="dataset name in reports and the model card (default: from --data)"
+    )
     common.add_argument("--batch_size", type=int, default=16, help="clips per batch (texts: 4x)")
     common.add_argument("--dims", type=int, nargs="+", default=None, help="Matryoshka dims to score (default: all)")
     common.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on CPUs with AMX and on GPUs)")
@@ -43,8 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     zero_shot = subcommands.add_parser("zero-shot", parents=[common], help="zero-shot classification")
     zero_shot.add_argument("--layout", default="auto", choices=["auto", "esc50", "us8k", "csv", "folder"])
     zero_shot.add_argument("--fold", type=int, default=None, help="ESC-50/US8K fold to evaluate (default: all)")
-    zero_shot.add_argument("--templates", nargs="+", default=[tasks.DEFAULT_TEMPLATE],
-                           help="prompt templates with {label}; several are averaged")
+    zero_shot.add_argument(
+        "--templates",
+        nargs="+",
+        default=[tasks.DEFAULT_TEMPLATE],
+        help="prompt templates with {label}; several are averaged",
+    )
     zero_shot.add_argument("--audio_column", default="audio")
     zero_shot.add_argument("--label_column", default="label")
 
@@ -62,18 +72,32 @@ def run(args, accelerator=None) -> dict:
     if args.dims:
         bad = [d for d in args.dims if d not in model.config.matryoshka_dims]
         if bad:
-            raise ValueError(f"--dims {bad} are not Matryoshka sizes of this model; choose from {model.config.matryoshka_dims}.")
-    options = dict(accelerator=accelerator, batch_size=args.batch_size, progress=not args.no_progress,
-                   autocast_dtype=torch.bfloat16 if args.bf16 else None, dims=args.dims)
+            raise ValueError(
+                f"--dims {bad} are not Matryoshka sizes of this model; choose from {model.config.matryoshka_dims}."
+            )
+    options = dict(
+        accelerator=accelerator,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        autocast_dtype=torch.bfloat16 if args.bf16 else None,
+        dims=args.dims,
+    )
     extra = {}
     if args.task == "retrieval":
-        data = readers.read_retrieval_set(args.data, args.audio_dir, args.layout, args.audio_column, args.caption_column, args.audio_template)
+        data = readers.read_retrieval_set(
+            args.data, args.audio_dir, args.layout, args.audio_column, args.caption_column, args.audio_template
+        )
         results = tasks.evaluate_retrieval(model, processor, data.clips, data.captions, **options)
         extra = {"num_clips": len(data.clips), "num_captions": sum(map(len, data.captions))}
     elif args.task == "zero-shot":
         data = readers.read_classification_set(args.data, args.layout, args.fold, args.audio_column, args.label_column)
         results = tasks.evaluate_zero_shot(model, processor, data, templates=args.templates, **options)
-        extra = {"num_clips": len(data.clips), "num_classes": len(data.labels), "templates": args.templates, "fold": args.fold}
+        extra = {
+            "num_clips": len(data.clips),
+            "num_classes": len(data.labels),
+            "templates": args.templates,
+            "fold": args.fold,
+        }
     else:
         data = readers.read_multiple_choice_set(args.data, args.audio_dir)
         results = tasks.evaluate_multiple_choice(model, processor, data, **options)

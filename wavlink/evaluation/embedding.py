@@ -78,17 +78,30 @@ def _embed(model, items, batches, make_inputs, features_fn, accelerator, desc, p
     return result.numpy()
 
 
-def embed_clips(model, processor, clips, batch_size=16, accelerator=None, progress=True, autocast_dtype=None, durations=None):
+def embed_clips(
+    model, processor, clips, batch_size=16, accelerator=None, progress=True, autocast_dtype=None, durations=None
+):
     """`(len(clips), d)` L2-normalised audio embeddings at full width; clips are anything the processor accepts.
     Raises `ValueError` naming the clip (index and path) that cannot be decoded."""
     durations = [clip_duration(c) for c in clips] if durations is None else durations
 
     def make_inputs(batch, indices):
-        waveforms = [load_audio(c, None, SAMPLE_RATE, name=describe_audio(c, f"clip {int(i)}")) for c, i in zip(batch, indices)]
+        waveforms = [
+            load_audio(c, None, SAMPLE_RATE, name=describe_audio(c, f"clip {int(i)}")) for c, i in zip(batch, indices)
+        ]
         return dict(processor(audio=waveforms, sampling_rate=SAMPLE_RATE))
 
-    return _embed(model, clips, length_sorted_batches(durations, batch_size), make_inputs, model.get_audio_features,
-                  accelerator, "audio", progress, autocast_dtype)
+    return _embed(
+        model,
+        clips,
+        length_sorted_batches(durations, batch_size),
+        make_inputs,
+        model.get_audio_features,
+        accelerator,
+        "audio",
+        progress,
+        autocast_dtype,
+    )
 
 
 def embed_texts(model, processor, texts, batch_size=64, accelerator=None, progress=True, autocast_dtype=None):
@@ -105,8 +118,17 @@ def embed_texts(model, processor, texts, batch_size=64, accelerator=None, progre
     def make_inputs(batch, indices):
         return dict(processor(text=list(batch)))
 
-    embeds = _embed(model, unique, length_sorted_batches(lengths, batch_size), make_inputs, model.get_text_features,
-                    accelerator, "text", progress, autocast_dtype)
+    embeds = _embed(
+        model,
+        unique,
+        length_sorted_batches(lengths, batch_size),
+        make_inputs,
+        model.get_text_features,
+        accelerator,
+        "text",
+        progress,
+        autocast_dtype,
+    )
     return embeds[[row_of[text] for text in texts]]
 
 

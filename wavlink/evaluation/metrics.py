@@ -50,7 +50,10 @@ def retrieval_metrics(similarity: np.ndarray, caption_to_clip) -> dict[str, floa
     similarity = np.asarray(similarity, dtype=np.float64)
     caption_to_clip = np.asarray(caption_to_clip, dtype=np.int64)
     if similarity.shape[0] != caption_to_clip.shape[0]:
-        raise ValueError(f"similarity has {similarity.shape[0]} caption rows but caption_to_clip has {caption_to_clip.shape[0]} entries.")
+        raise ValueError(
+            f"similarity has {similarity.shape[0]} caption rows but caption_to_clip has "
+            f"{caption_to_clip.shape[0]} entries."
+        )
     t2a = text_to_audio_ranks(similarity, caption_to_clip)
     a2t = audio_to_text_ranks(similarity, caption_to_clip)
     best_a2t = np.array([r[0] for r in a2t])

@@ -69,8 +69,14 @@ def _audio_path(audio_dir: Path, name: str) -> str:
     return name if os.path.isabs(name) else str(audio_dir / name)
 
 
-def read_retrieval_set(path, audio_dir=None, layout: str = "auto", audio_column: str = "audio",
-                       caption_column: str = "caption", audio_template: str = "{youtube_id}.wav") -> RetrievalSet:
+def read_retrieval_set(
+    path,
+    audio_dir=None,
+    layout: str = "auto",
+    audio_column: str = "audio",
+    caption_column: str = "caption",
+    audio_template: str = "{youtube_id}.wav",
+) -> RetrievalSet:
     """Read a retrieval set.
 
     Layouts: `clotho` (`file_name, caption_1..caption_N`), `audiocaps` (one row per caption:
@@ -86,8 +92,13 @@ def read_retrieval_set(path, audio_dir=None, layout: str = "auto", audio_column:
         raise ValueError(f"{path}: the table is empty.")
     header = list(rows[0])
     if layout == "auto":
-        layout = "clotho" if "file_name" in header and "caption_1" in header else \
-            "audiocaps" if {"youtube_id", "caption"} <= set(header) else "table"
+        layout = (
+            "clotho"
+            if "file_name" in header and "caption_1" in header
+            else "audiocaps"
+            if {"youtube_id", "caption"} <= set(header)
+            else "table"
+        )
     grouped: dict[str, list[str]] = {}
     for index, row in enumerate(rows):
         name = f"{path}: row {index + 2 if path.suffix.lower() in ('.csv', '.tsv') else index}"
@@ -113,8 +124,9 @@ def read_retrieval_set(path, audio_dir=None, layout: str = "auto", audio_column:
     return RetrievalSet(clips, [grouped[c] for c in clips], name=path.stem)
 
 
-def read_classification_set(path, layout: str = "auto", fold: int | None = None, audio_column: str = "audio",
-                            label_column: str = "label") -> ClassificationSet:
+def read_classification_set(
+    path, layout: str = "auto", fold: int | None = None, audio_column: str = "audio", label_column: str = "label"
+) -> ClassificationSet:
     """Read a labelled set for zero-shot classification.
 
     Layouts: `esc50` (the ESC-50 root or its `meta/esc50.csv`; audio in `audio/`; `fold` filters, fold 1 is the usual
@@ -123,9 +135,15 @@ def read_classification_set(path, layout: str = "auto", fold: int | None = None,
     """
     path = Path(path)
     if layout == "auto":
-        layout = ("esc50" if (path / "meta" / "esc50.csv").exists() or path.name == "esc50.csv" else
-                  "us8k" if (path / "metadata" / "UrbanSound8K.csv").exists() or path.name == "UrbanSound8K.csv" else
-                  "folder" if path.is_dir() else "csv")
+        layout = (
+            "esc50"
+            if (path / "meta" / "esc50.csv").exists() or path.name == "esc50.csv"
+            else "us8k"
+            if (path / "metadata" / "UrbanSound8K.csv").exists() or path.name == "UrbanSound8K.csv"
+            else "folder"
+            if path.is_dir()
+            else "csv"
+        )
     pairs = []
     if layout == "esc50":
         table = path if path.suffix == ".csv" else path / "meta" / "esc50.csv"
@@ -138,7 +156,12 @@ def read_classification_set(path, layout: str = "auto", fold: int | None = None,
         root = table.parent.parent
         for row in _read_rows(table):
             if fold is None or int(row["fold"]) == fold:
-                pairs.append((str(root / "audio" / f"fold{row['fold']}" / row["slice_file_name"]), row["class"].replace("_", " ")))
+                pairs.append(
+                    (
+                        str(root / "audio" / f"fold{row['fold']}" / row["slice_file_name"]),
+                        row["class"].replace("_", " "),
+                    )
+                )
     elif layout == "csv":
         for row in _read_rows(path):
             for column in (audio_column, label_column):
@@ -168,7 +191,9 @@ def read_multiple_choice_set(path, audio_dir=None) -> MultipleChoiceSet:
     clips, questions, options, answers = [], [], [], []
     for index, row in enumerate(_read_rows(path)):
         name = f"{path}: item {index}"
-        choices = row.get("choices") or [row[k] for k in sorted(row) if k.startswith("choice_") and row[k] not in (None, "")]
+        choices = row.get("choices") or [
+            row[k] for k in sorted(row) if k.startswith("choice_") and row[k] not in (None, "")
+        ]
         if len(choices) < 2:
             raise ValueError(f"{name}: needs at least two options.")
         answer = str(row.get("answer_gt", row.get("answer", ""))).strip()

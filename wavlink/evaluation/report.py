@@ -45,13 +45,20 @@ def plot_metrics(results: dict, task: str, path: Path, title: str) -> Path:
     return path
 
 
-def write_report(results: dict, task: str, out_dir, dataset_name: str, model_name: str, extra: dict | None = None) -> dict:
+def write_report(
+    results: dict, task: str, out_dir, dataset_name: str, model_name: str, extra: dict | None = None
+) -> dict:
     """Write `<task>-<dataset>.json`, `.md` and `.png` under `out_dir`; returns their paths and the table."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{task}-{dataset_name}"
-    record = {"task": task, "dataset": dataset_name, "model": model_name,
-              "results": {str(d): m for d, m in sorted(results.items(), key=lambda kv: -int(kv[0]))}, **(extra or {})}
+    record = {
+        "task": task,
+        "dataset": dataset_name,
+        "model": model_name,
+        "results": {str(d): m for d, m in sorted(results.items(), key=lambda kv: -int(kv[0]))},
+        **(extra or {}),
+    }
     json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps(record, indent=2))
     table = markdown_table(results, task)

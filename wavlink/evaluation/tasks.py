@@ -16,8 +16,9 @@ def retrieval_at_dims(audio_embeds, text_embeds, caption_to_clip, dims) -> dict[
     }
 
 
-def evaluate_retrieval(model, processor, clips, captions, accelerator=None, batch_size=16, progress=True,
-                       autocast_dtype=None, dims=None) -> dict[int, dict[str, float]]:
+def evaluate_retrieval(
+    model, processor, clips, captions, accelerator=None, batch_size=16, progress=True, autocast_dtype=None, dims=None
+) -> dict[int, dict[str, float]]:
     """Embed `clips` and their captions (`captions[i]` is a list of 1..N captions for clip i) once, then score
     both retrieval directions at every Matryoshka dim."""
     if len(clips) != len(captions):
@@ -33,7 +34,7 @@ def evaluate_retrieval(model, processor, clips, captions, accelerator=None, batc
     return retrieval_at_dims(audio, text, np.asarray(caption_to_clip), dims or model.config.matryoshka_dims)
 
 
-# ------------------------------------------------------------------------------------------------ zero-shot, multiple choice
+# ---------------------------------------------------------------------------------------- zero-shot, multiple choice
 
 DEFAULT_TEMPLATE = "This is a sound of {label}."
 
@@ -50,8 +51,17 @@ def zero_shot_at_dims(audio_embeds, template_embeds, targets, dims) -> dict[int,
     return results
 
 
-def evaluate_zero_shot(model, processor, dataset, templates=(DEFAULT_TEMPLATE,), accelerator=None, batch_size=16,
-                       progress=True, autocast_dtype=None, dims=None) -> dict[int, dict[str, float]]:
+def evaluate_zero_shot(
+    model,
+    processor,
+    dataset,
+    templates=(DEFAULT_TEMPLATE,),
+    accelerator=None,
+    batch_size=16,
+    progress=True,
+    autocast_dtype=None,
+    dims=None,
+) -> dict[int, dict[str, float]]:
     """Top-1/top-5 accuracy of zero-shot classification on a `ClassificationSet`, at every Matryoshka dim."""
     prompts = [template.format(label=label) for label in dataset.labels for template in templates]
     text = embed_texts(model, processor, prompts, batch_size * 4, accelerator, progress, autocast_dtype)
@@ -65,8 +75,9 @@ def multiple_choice_text(question: str, option: str) -> str:
     return f"{question} {option}".strip()
 
 
-def evaluate_multiple_choice(model, processor, dataset, accelerator=None, batch_size=16, progress=True,
-                             autocast_dtype=None, dims=None) -> dict[int, dict[str, float]]:
+def evaluate_multiple_choice(
+    model, processor, dataset, accelerator=None, batch_size=16, progress=True, autocast_dtype=None, dims=None
+) -> dict[int, dict[str, float]]:
     """Accuracy on a `MultipleChoiceSet`: the option whose (question + option) embedding is nearest the audio wins."""
     texts, owner = [], []
     for item, (question, options) in enumerate(zip(dataset.questions, dataset.options)):

@@ -6,13 +6,19 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TASK_TYPES = {"retrieval": "audio-text-retrieval", "zero-shot": "zero-shot-audio-classification",
-              "multiple-choice": "audio-multiple-choice"}
-CARD_METRICS = {"retrieval": ["t2a_R@1", "t2a_R@5", "t2a_R@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "t2a_mAP@10", "a2t_mAP@10"],
-                "zero-shot": ["top1_accuracy", "top5_accuracy"], "multiple-choice": ["accuracy"]}
+TASK_TYPES = {
+    "retrieval": "audio-text-retrieval",
+    "zero-shot": "zero-shot-audio-classification",
+    "multiple-choice": "audio-multiple-choice",
+}
+CARD_METRICS = {
+    "retrieval": ["t2a_R@1", "t2a_R@5", "t2a_R@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "t2a_mAP@10", "a2t_mAP@10"],
+    "zero-shot": ["top1_accuracy", "top5_accuracy"],
+    "multiple-choice": ["accuracy"],
+}
 RESULTS_FILE = "wavlink_eval_results.json"
 
-USAGE = '''```python
+USAGE = """```python
 from transformers import AutoModel, AutoProcessor, pipeline
 
 model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)
@@ -27,7 +33,7 @@ audio = model.get_audio_features(**processor(audio=["dog.wav"]), dim={small}).po
 # Embedding pipeline (L2-normalised numpy arrays)
 embed = pipeline(model="{repo}", trust_remote_code=True)
 vectors = embed(audio=["a.wav", "b.mp3"], dim={small})
-```'''
+```"""
 
 LIMITATIONS = """- Audio is resampled to 16 kHz mono; content above 8 kHz and spatial cues are lost.
 - Clips longer than 30 s are embedded as the mean of 30-s windows, which blurs events that happen once.
@@ -45,16 +51,27 @@ def eval_results_for_card(records: list[dict], dim: int | None = None) -> list[E
         chosen = str(dim) if dim is not None and str(dim) in by_dim else max(by_dim, key=int)
         for metric in CARD_METRICS[record["task"]]:
             if metric in by_dim[chosen]:
-                results.append(EvalResult(
-                    task_type=TASK_TYPES[record["task"]], dataset_type=record["dataset"], dataset_name=record["dataset"],
-                    metric_type=metric, metric_value=round(float(by_dim[chosen][metric]), 2),
-                    metric_name=f"{metric} (d={chosen})",
-                ))
+                results.append(
+                    EvalResult(
+                        task_type=TASK_TYPES[record["task"]],
+                        dataset_type=record["dataset"],
+                        dataset_name=record["dataset"],
+                        metric_type=metric,
+                        metric_value=round(float(by_dim[chosen][metric]), 2),
+                        metric_name=f"{metric} (d={chosen})",
+                    )
+                )
     return results
 
 
-def render_model_card(config, repo_id: str, records: list[dict] | None = None, training: dict | None = None,
-                      datasets: list[str] | None = None, adapter: bool = False) -> ModelCard:
+def render_model_card(
+    config,
+    repo_id: str,
+    records: list[dict] | None = None,
+    training: dict | None = None,
+    datasets: list[str] | None = None,
+    adapter: bool = False,
+) -> ModelCard:
     """Build the card for a WavLink model whose config is `config`."""
     records = records or []
     dims = list(config.matryoshka_dims)
@@ -72,7 +89,8 @@ def render_model_card(config, repo_id: str, records: list[dict] | None = None, t
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",
-        "A [WavLink](https://arxiv.org/abs/2601.15118) audio-text embedding model: Whisper's encoder with one learnable "
+        "A [WavLink](https://arxiv.org/abs/2601.15118) audio-text embedding model: Whisper's encoder with one "
+        "learnable "
         "global token (its final state is the audio embedding) and a text encoder, projected into one L2-normalised "
         f"space of {config.projection_dim} dimensions, trained with a {config.loss_type.upper()} loss and Matryoshka "
         f"supervision at {dims}.",
@@ -88,10 +106,13 @@ def render_model_card(config, repo_id: str, records: list[dict] | None = None, t
         "",
         "## Usage",
         "",
-        (USAGE.format(repo=repo_id, dims=dims, small=dims[-1]) if not adapter else
-         "This repository holds a LoRA adapter (with WavLink's global token, projectors and temperature). "
-         "Load it onto its base model with `peft.PeftModel.from_pretrained(base_model, \"" + repo_id + "\")`; "
-         "`wavlink_base.json` names the base."),
+        (
+            USAGE.format(repo=repo_id, dims=dims, small=dims[-1])
+            if not adapter
+            else "This repository holds a LoRA adapter (with WavLink's global token, projectors and temperature). "
+            'Load it onto its base model with `peft.PeftModel.from_pretrained(base_model, "' + repo_id + '")`; '
+            "`wavlink_base.json` names the base."
+        ),
         "",
     ]
     if training:
@@ -101,18 +122,38 @@ def render_model_card(config, repo_id: str, records: list[dict] | None = None, t
     if records:
         from ..evaluation.report import markdown_table
 
-        lines += ["## Evaluation", "",
-                  "Retrieval follows the WavCaps / LAION-CLAP protocol; audio-to-text mAP@10 uses the ranks of a clip's "
-                  "captions sorted ascending (LAION-CLAP's code does not sort, which inflates it). Ties count against "
-                  "the model. Zero-shot prompts: \"This is a sound of {label}.\"", ""]
+        lines += [
+            "## Evaluation",
+            "",
+            "Retrieval follows the WavCaps / LAION-CLAP protocol; audio-to-text mAP@10 uses the ranks of a clip's "
+            "captions sorted ascending (LAION-CLAP's code does not sort, which inflates it). Ties count against "
+            'the model. Zero-shot prompts: "This is a sound of {label}."',
+            "",
+        ]
         for record in records:
-            lines += [f"### {record['task']}: {record['dataset']}", "",
-                      markdown_table({int(d): m for d, m in record["results"].items()}, record["task"]), ""]
+            lines += [
+                f"### {record['task']}: {record['dataset']}",
+                "",
+                markdown_table({int(d): m for d, m in record["results"].items()}, record["task"]),
+                "",
+            ]
     else:
         lines += ["## Evaluation", "", "Not evaluated yet.", ""]
-    lines += ["## Limitations", "", LIMITATIONS, "", "## Citation", "", "```bibtex",
-              "@inproceedings{wavlink2026,", "  title={WavLink: Compact Audio-Text Embeddings with a Global Whisper Token},",
-              "  booktitle={ICASSP}, year={2026}, note={arXiv:2601.15118}", "}", "```", ""]
+    lines += [
+        "## Limitations",
+        "",
+        LIMITATIONS,
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        "@inproceedings{wavlink2026,",
+        "  title={WavLink: Compact Audio-Text Embeddings with a Global Whisper Token},",
+        "  booktitle={ICASSP}, year={2026}, note={arXiv:2601.15118}",
+        "}",
+        "```",
+        "",
+    ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 

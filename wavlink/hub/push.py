@@ -16,8 +16,15 @@ from pathlib import Path
 IGNORE = ["merged/*", "checkpoint-*", "*.tmp", "*.bin", "*.pkl", "*.pt", "*.pth"]
 
 
-def push_folder(folder, repo_id: str, private: bool = False, card: bool = True, token: str | None = None,
-                commit_message: str = "Upload WavLink model", training: dict | None = None) -> str:
+def push_folder(
+    folder,
+    repo_id: str,
+    private: bool = False,
+    card: bool = True,
+    token: str | None = None,
+    commit_message: str = "Upload WavLink model",
+    training: dict | None = None,
+) -> str:
     """Upload `folder` to `repo_id` (created if needed) and return the commit URL. Weights must be safetensors."""
     from huggingface_hub import HfApi
 
@@ -25,14 +32,18 @@ def push_folder(folder, repo_id: str, private: bool = False, card: bool = True, 
     if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
         raise ValueError(f"{folder} holds neither a model (config.json) nor a LoRA adapter (adapter_config.json).")
     if not list(folder.glob("*.safetensors")):
-        raise ValueError(f"{folder} has no .safetensors weights; save with save_pretrained (safetensors is the default).")
+        raise ValueError(
+            f"{folder} has no .safetensors weights; save with save_pretrained (safetensors is the default)."
+        )
     if card:
         from .cards import write_model_card
 
         write_model_card(folder, repo_id, training=training)
     api = HfApi(token=token)
     api.create_repo(repo_id, exist_ok=True, private=private)
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=commit_message, ignore_patterns=IGNORE)
+    commit = api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, commit_message=commit_message, ignore_patterns=IGNORE
+    )
     return commit.commit_url
 
 

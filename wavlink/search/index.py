@@ -84,10 +84,18 @@ class AudioIndex:
         db = sqlite3.connect(path)
         with db:
             db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-            db.execute("CREATE TABLE items (path TEXT PRIMARY KEY, size INTEGER, mtime REAL, duration REAL, "
-                       "embedding BLOB, scale REAL)")
-            meta = {"format": "wavlink-index", "version": FORMAT_VERSION, "model": model, "dim": str(dim),
-                    "quantization": "int8" if int8 else "float32", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            db.execute(
+                "CREATE TABLE items (path TEXT PRIMARY KEY, size INTEGER, mtime REAL, duration REAL, "
+                "embedding BLOB, scale REAL)"
+            )
+            meta = {
+                "format": "wavlink-index",
+                "version": FORMAT_VERSION,
+                "model": model,
+                "dim": str(dim),
+                "quantization": "int8" if int8 else "float32",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
             db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         return cls(path, db, meta)
 
@@ -102,8 +110,10 @@ class AudioIndex:
         else:
             blobs, scales = [v.astype(np.float32).tobytes() for v in vectors], np.ones(len(rows), dtype=np.float32)
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)",
-                                [(*row, blob, float(scale)) for row, blob, scale in zip(rows, blobs, scales)])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)",
+                [(*row, blob, float(scale)) for row, blob, scale in zip(rows, blobs, scales)],
+            )
 
     def __len__(self) -> int:
         return self.db.execute("SELECT count(*) FROM items").fetchone()[0]
@@ -125,7 +135,9 @@ class AudioIndex:
                 bar.update(len(rows))
         dtype = np.int8 if self.int8 else np.float32
         if any(len(b) != self.dim * np.dtype(dtype).itemsize for b in blobs):
-            raise IndexFileError(f"{self.path} is corrupt: an embedding does not have {self.dim} {dtype.__name__} values.")
+            raise IndexFileError(
+                f"{self.path} is corrupt: an embedding does not have {self.dim} {dtype.__name__} values."
+            )
         matrix = np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), self.dim).astype(np.float32)
         if self.int8:
             matrix *= np.asarray(scales, dtype=np.float32)[:, None]
@@ -145,26 +157,41 @@ def find_audio(folder) -> list[Path]:
     return files
 
 
-def build_index(folder, model: str, out, dim: int | None = None, int8: bool = False, batch_size: int = 16,
-                chunk: int = 64, precision: str = "fp32", accelerator=None, progress: bool = True) -> dict:
+def build_index(
+    folder,
+    model: str,
+    out,
+    dim: int | None = None,
+    int8: bool = False,
+    batch_size: int = 16,
+    chunk: int = 64,
+    precision: str = "fp32",
+    accelerator=None,
+    progress: bool = True,
+) -> dict:
     """Embed every new or changed audio file under `folder` into the index at `out`. Returns counts and failures."""
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
+    from pipeline_wavlink import WavLinkEmbeddingPipeline
     from processing_wavlink import load_audio
 
     from ..loading import load_model_and_processor
-    from pipeline_wavlink import WavLinkEmbeddingPipeline
 
     is_main = accelerator is None or accelerator.is_main_process
     files = find_audio(folder)
     wavlink, processor = load_model_and_processor(model)
     dim = dim or wavlink.config.projection_dim
     if dim not in wavlink.config.matryoshka_dims:
-        raise ValueError(f"--dim {dim} is not a Matryoshka size of {model}; choose one of {wavlink.config.matryoshka_dims}.")
+        raise ValueError(
+            f"--dim {dim} is not a Matryoshka size of {model}; choose one of {wavlink.config.matryoshka_dims}."
+        )
     device = accelerator.device if accelerator is not None else None
-    embed = WavLinkEmbeddingPipeline(model=wavlink.to(device) if device is not None else wavlink, processor=processor,
-                                     device=device if device is not None else -1)
+    embed = WavLinkEmbeddingPipeline(
+        model=wavlink.to(device) if device is not None else wavlink,
+        processor=processor,
+        device=device if device is not None else -1,
+    )
     model_ref = str(Path(model).resolve()) if Path(model).exists() else model  # searchable from any folder
     index = AudioIndex.create(out, model_ref, dim, int8) if is_main else None
     if accelerator is not None:
@@ -192,7 +219,11 @@ def build_index(folder, model: str, out, dim: int | None = None, int8: bool = Fa
                 continue
             rows.append((key, size, mtime, len(waveform) / SAMPLE_RATE))
             waveforms.append({"array": waveform, "sampling_rate": SAMPLE_RATE})
-        vectors = embed(audio=waveforms, dim=dim, batch_size=batch_size, precision=precision, progress=False) if waveforms else np.zeros((0, dim), np.float32)
+        vectors = (
+            embed(audio=waveforms, dim=dim, batch_size=batch_size, precision=precision, progress=False)
+            if waveforms
+            else np.zeros((0, dim), np.float32)
+        )
         if accelerator is not None:
             gathered = gather_object([(rows, vectors, bad)])
         else:
@@ -205,18 +236,30 @@ def build_index(folder, model: str, out, dim: int | None = None, int8: bool = Fa
                 failures.extend(part_bad)
             bar.update(sum(len(r) + len(b) for r, _, b in gathered))
     bar.close()
-    return {"files": len(files), "skipped_unchanged": len(files) - len(todo), "added": added, "failures": failures,
-            "total_in_index": len(index) if is_main else None}
+    return {
+        "files": len(files),
+        "skipped_unchanged": len(files) - len(todo),
+        "added": added,
+        "failures": failures,
+        "total_in_index": len(index) if is_main else None,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ search
 
 
-def search(index_path, query: str | None = None, audio: str | None = None, k: int = 5, model: str | None = None,
-           progress: bool = True) -> list[tuple[float, str, float]]:
+def search(
+    index_path,
+    query: str | None = None,
+    audio: str | None = None,
+    k: int = 5,
+    model: str | None = None,
+    progress: bool = True,
+) -> list[tuple[float, str, float]]:
     """Top-`k` `(score, path, duration)` for a text or an audio query (cosine similarity)."""
-    from ..loading import load_model_and_processor
     from pipeline_wavlink import WavLinkEmbeddingPipeline
+
+    from ..loading import load_model_and_processor
 
     if (query is None) == (audio is None):
         raise ValueError("give a text query or --audio FILE (one of them).")
@@ -237,13 +280,19 @@ def search(index_path, query: str | None = None, audio: str | None = None, k: in
 
 
 def index_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="wavlink-index", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="wavlink-index",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("folder", help="folder to index, recursively (wav, flac, ogg, mp3)")
     parser.add_argument("--model", required=True, help="saved WavLink folder or Hub id")
     parser.add_argument("--out", required=True, help="index file to create or update")
     parser.add_argument("--dim", type=int, default=None, help="Matryoshka size to store (default: full width)")
-    parser.add_argument("--int8", action="store_true", help="store int8 embeddings with a per-vector scale (4x smaller)")
+    parser.add_argument(
+        "--int8", action="store_true", help="store int8 embeddings with a per-vector scale (4x smaller)"
+    )
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast while embedding")
     parser.add_argument("--no_progress", action="store_true")
@@ -252,15 +301,25 @@ def index_main(argv=None) -> int:
 
     accelerator = Accelerator()
     try:
-        report = build_index(args.folder, args.model, args.out, args.dim, args.int8, args.batch_size,
-                             precision="bf16" if args.bf16 else "fp32",
-                             accelerator=accelerator if accelerator.num_processes > 1 else None, progress=not args.no_progress)
+        report = build_index(
+            args.folder,
+            args.model,
+            args.out,
+            args.dim,
+            args.int8,
+            args.batch_size,
+            precision="bf16" if args.bf16 else "fp32",
+            accelerator=accelerator if accelerator.num_processes > 1 else None,
+            progress=not args.no_progress,
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if accelerator.is_main_process:
-        print(f"{report['files']} audio files: {report['added']} embedded, {report['skipped_unchanged']} unchanged, "
-              f"{len(report['failures'])} unreadable; {report['total_in_index']} in {args.out}")
+        print(
+            f"{report['files']} audio files: {report['added']} embedded, {report['skipped_unchanged']} unchanged, "
+            f"{len(report['failures'])} unreadable; {report['total_in_index']} in {args.out}"
+        )
         for failure in report["failures"]:
             print(f"  skipped: {failure}")
     return 0

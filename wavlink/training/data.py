@@ -46,7 +46,9 @@ def load_caption_table(
         if not Path(source).is_file():
             raise FileNotFoundError(f"data file {source!r} does not exist.")
         kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
-        table = datasets.load_dataset(LOCAL_BUILDERS[suffix], data_files=str(source), split="train", streaming=streaming, **kwargs)
+        table = datasets.load_dataset(
+            LOCAL_BUILDERS[suffix], data_files=str(source), split="train", streaming=streaming, **kwargs
+        )
         root = str(Path(source).resolve().parent)
     else:
         table = datasets.load_dataset(source, dataset_config, split=split, streaming=streaming)
@@ -78,7 +80,9 @@ def combine_tables(tables, probabilities=None, seed: int = 0):
     if probabilities:
         if len(probabilities) != len(tables):
             raise ValueError(f"train_mix_probabilities has {len(probabilities)} values for {len(tables)} datasets.")
-        return datasets.interleave_datasets(tables, probabilities=probabilities, seed=seed, stopping_strategy="all_exhausted")
+        return datasets.interleave_datasets(
+            tables, probabilities=probabilities, seed=seed, stopping_strategy="all_exhausted"
+        )
     return datasets.concatenate_datasets(tables)
 
 
@@ -189,7 +193,11 @@ class StreamingAudioCaptionDataset(IterableDataset):
     def __iter__(self):
         epoch, bad, errors = 0, 0, []
         while True:
-            table = self.table.shuffle(seed=self.seed + epoch, buffer_size=self.shuffle_buffer) if self.shuffle_buffer else self.table
+            table = (
+                self.table.shuffle(seed=self.seed + epoch, buffer_size=self.shuffle_buffer)
+                if self.shuffle_buffer
+                else self.table
+            )
             seen = 0
             for index, row in enumerate(table):
                 seen += 1
@@ -214,7 +222,9 @@ class LengthGroupedBatchSampler:
     batch (little padding) while batch order stays random.
     """
 
-    def __init__(self, lengths, batch_size: int, seed: int = 0, group_by_length: bool = False, mega_batch_factor: int = 50):
+    def __init__(
+        self, lengths, batch_size: int, seed: int = 0, group_by_length: bool = False, mega_batch_factor: int = 50
+    ):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
@@ -235,9 +245,14 @@ class LengthGroupedBatchSampler:
         if self.group_by_length:
             mega = self.batch_size * self.mega_batch_factor
             order = np.concatenate(
-                [chunk[np.argsort(-self.lengths[chunk], kind="stable")] for chunk in np.array_split(order, max(1, -(-len(order) // mega)))]
+                [
+                    chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                    for chunk in np.array_split(order, max(1, -(-len(order) // mega)))
+                ]
             )
-        batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+        batches = [
+            order[i : i + self.batch_size].tolist() for i in range(0, len(order) - self.batch_size + 1, self.batch_size)
+        ]
         if self.group_by_length:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         yield from batches
@@ -250,7 +265,9 @@ class AudioCaptionCollator:
         self.processor = processor
 
     def __call__(self, items: list[dict]) -> dict:
-        batch = self.processor(audio=[i["waveform"] for i in items], sampling_rate=SAMPLE_RATE, text=[i["caption"] for i in items])
+        batch = self.processor(
+            audio=[i["waveform"] for i in items], sampling_rate=SAMPLE_RATE, text=[i["caption"] for i in items]
+        )
         batch = dict(batch)
         batch["num_bad"] = torch.tensor(sum(i["bad"] for i in items))
         batch["num_samples"] = torch.tensor(len(items) + int(batch["num_bad"]))

@@ -21,4 +21,3 @@ def release_freed_memory() -> None:
             _LIBC = False
     if _LIBC and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
-

@@ -34,8 +34,13 @@ def apply_regime(model, model_args):
         from peft import LoraConfig, get_peft_model
 
         present = [name for name in WAVLINK_HEADS if getattr(model, name, None) is not None]
-        config = LoraConfig(r=model_args.lora_rank, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-                            target_modules=lora_target_modules(model, model_args), modules_to_save=present)
+        config = LoraConfig(
+            r=model_args.lora_rank,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            target_modules=lora_target_modules(model, model_args),
+            modules_to_save=present,
+        )
         return get_peft_model(model, config)
     if model_args.finetune == "projector":
         model.audio_model.requires_grad_(False)

@@ -76,7 +76,11 @@ def make_clip(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, list[str
         freq = start * (end / start) ** (t / seconds)  # exponential sweep
         audio = 0.5 * np.sin(2 * np.pi * np.cumsum(freq) / SAMPLE_RATE)
         word = "upward" if direction == "rising" else "downward"
-        captions = [f"a {direction} sweep", f"a tone sweeping {word} in pitch", f"a {direction} chirp that glides {word}"]
+        captions = [
+            f"a {direction} sweep",
+            f"a tone sweeping {word} in pitch",
+            f"a {direction} chirp that glides {word}",
+        ]
     elif kind == "beeps":
         count = int(rng.integers(1, 6))
         n = int(max(seconds, 0.4 * count + 0.3) * SAMPLE_RATE)
@@ -87,8 +91,11 @@ def make_clip(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, list[str
             audio[start : start + beep] = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(beep) / SAMPLE_RATE)
         word = COUNT_WORDS[count]
         plural = "beep" if count == 1 else "beeps"
-        captions = [f"{word} short {plural}", f"a beep repeated {word} {'time' if count == 1 else 'times'}",
-                    f"{word} electronic {plural} with silence between"]
+        captions = [
+            f"{word} short {plural}",
+            f"a beep repeated {word} {'time' if count == 1 else 'times'}",
+            f"{word} electronic {plural} with silence between",
+        ]
     elif kind == "noise":
         colour = rng.choice(NOISES)
         audio = 0.5 * _coloured_noise(colour, n, rng)
@@ -120,7 +127,9 @@ def generate_dataset(out_dir: str | Path, num_train: int = 600, num_eval: int = 
             audio, captions = make_clip(kind, rng)
             name = f"audio/{split}_{i:05d}_{kind}.wav"
             soundfile.write(out_dir / name, audio, SAMPLE_RATE, subtype="PCM_16")
-            rows.append({"audio": name, "caption": json.dumps(captions), "duration": round(len(audio) / SAMPLE_RATE, 3)})
+            rows.append(
+                {"audio": name, "caption": json.dumps(captions), "duration": round(len(audio) / SAMPLE_RATE, 3)}
+            )
         with open(paths[split], "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["audio", "caption", "duration"])
             writer.writeheader()
