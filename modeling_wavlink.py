@@ -214,8 +214,118 @@ class WavLinkLogitHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model
+# Towers and model
 # ----------------------------------------------------------------------------------------------------------------
+
+
+class WavLinkAudioEncoder(WhisperEncoder):
+    """Whisper's encoder (same modules and weight names) with a forward pass for variable-length clips and pooling.
+
+    `WhisperEncoder.forward` takes exactly 30 s, never masks and adds all 1500 positions; this forward runs the same
+    pieces on any length up to 30 s: conv front-end masked at padded frames, the first T sinusoidal positions, the
+    global token appended last (no position), the layers under a padding mask, the final layer norm, pooling.
+    It adds no parameters: the global token is the model's `audio_global_token`, passed in, so the checkpoint names
+    (and peft's `modules_to_save`) stay as they were.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        if getattr(config, "encoder_layerdrop", 0.0):
+            raise ValueError(
+                f"audio_config.encoder_layerdrop={config.encoder_layerdrop} is not supported: dropping layers would "
+                "drop the global token's path through them. Set it to 0."
+            )
+
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        input_features_mask: torch.Tensor | None = None,
+        global_token: nn.Module | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """
+        Args:
+            input_features: `(batch, num_mel_bins, frames)` log-mel features, `frames <= 3000`.
+            input_features_mask: `(batch, frames)`, 1 for real frames, 0 for padding. None means every frame is real
+                (for example the paper's 30-s padded input).
+            global_token: a `WavLinkGlobalToken`; appended as the last element and pooled at. None pools the masked
+                mean of the frames instead.
+
+        Returns:
+            `BaseModelOutputWithPooling` with `last_hidden_state` `(batch, ceil(frames/2) [+1 for the token], d_model)`
+            and `pooler_output` `(batch, d_model)`, the pooled audio representation before projection.
+        """
+        self._check_shape(input_features)
+        hidden, frame_mask = self._front_end(input_features, input_features_mask)
+        if global_token is not None:
+            hidden = torch.cat([hidden, global_token(hidden.shape[0]).to(hidden.dtype)], dim=1)
+            if frame_mask is not None:
+                frame_mask = F.pad(frame_mask, (0, 1), value=True)
+        hidden = F.dropout(hidden, p=self.dropout, training=self.training)
+        attention_mask = None
+        if frame_mask is not None:
+            # Additive (batch, 1, 1, keys) mask: works for eager and SDPA attention alike.
+            attention_mask = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
+            attention_mask = attention_mask.masked_fill(~frame_mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask)
+        hidden = self.layer_norm(hidden)
+        if global_token is not None:
+            pooled = hidden[:, -1]
+        elif frame_mask is None:
+            pooled = hidden.mean(dim=1)
+        else:
+            weights = frame_mask.to(hidden.dtype).unsqueeze(-1)
+            pooled = (hidden * weights).sum(1) / weights.sum(1)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+
+    def _check_shape(self, input_features: torch.Tensor) -> None:
+        max_frames = self.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
+        if input_features.ndim != 3 or input_features.shape[1] != self.num_mel_bins:
+            raise ValueError(
+                f"input_features must have shape (batch, {self.num_mel_bins}, frames), got "
+                f"{tuple(input_features.shape)}."
+            )
+        if input_features.shape[-1] > max_frames:
+            raise ValueError(
+                f"input_features has {input_features.shape[-1]} frames; at most {max_frames} (30 s) fit the encoder. "
+                "Let the processor split long audio into windows."
+            )
+
+    def _front_end(self, input_features, input_features_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """conv1, conv2 and positions. Mel frames past a clip's end are zeroed before conv1 and conv1's output before
+        conv2, which is the zero padding each conv sees when the clip runs alone (conv2 has stride 2: an odd clip's
+        last frame would otherwise read a padded frame). Returns `(hidden, frame_mask)`, the mask None if all real."""
+        dtype = self.conv1.weight.dtype
+        features = input_features.to(dtype)
+        frame_mask = None
+        if input_features_mask is not None and not bool(input_features_mask.all()):
+            mel_mask = input_features_mask.to(dtype).unsqueeze(1)
+            hidden = F.gelu(self.conv1(features * mel_mask)) * mel_mask
+            frame_mask = input_features_mask[:, ::2].bool()  # conv2 frame t is real iff mel frame 2t is real
+        else:
+            hidden = F.gelu(self.conv1(features))
+        hidden = F.gelu(self.conv2(hidden)).transpose(1, 2)
+        return hidden + self.embed_positions.weight[: hidden.shape[1]].to(hidden.dtype), frame_mask
+
+
+def pool_text(outputs, attention_mask: torch.Tensor, pooling: str, text_model_type: str) -> torch.Tensor:
+    """`(batch, hidden_size)` text representation from a text tower's outputs (right-padded input).
+
+    `cls`: the first token. `mean`: the mean over real tokens. `eos`: CLIP's own pooled output (CLIP finds its EOS
+    token itself), for other towers the last real token."""
+    hidden = outputs.last_hidden_state
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+    if pooling != "eos":
+        raise ValueError(f"text pooling {pooling!r} is not one of 'eos', 'cls', 'mean'.")
+    if text_model_type == "clip_text_model" and getattr(outputs, "pooler_output", None) is not None:
+        return outputs.pooler_output
+    last = attention_mask.long().sum(1).clamp(min=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 class WavLinkPreTrainedModel(PreTrainedModel):
@@ -261,7 +371,7 @@ class WavLinkModel(WavLinkPreTrainedModel):
 
     def __init__(self, config: WavLinkConfig):
         super().__init__(config)
-        self.audio_model = WhisperEncoder(config.audio_config)
+        self.audio_model = WavLinkAudioEncoder(config.audio_config)
         self.text_model = AutoModel.from_config(config.text_config)
         _drop_unused_pooler(self.text_model)
         audio_width = config.audio_config.d_model
@@ -279,66 +389,9 @@ class WavLinkModel(WavLinkPreTrainedModel):
     def encode_audio(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
     ) -> BaseModelOutputWithPooling:
-        """Run the Whisper encoder on (possibly padded) log-mel features and pool.
-
-        Args:
-            input_features: `(batch, num_mel_bins, frames)` log-mel features, `frames <= 3000`.
-            input_features_mask: `(batch, frames)`, 1 for real frames, 0 for padding. None means every frame is real
-                (for example the paper's 30-s padded input).
-
-        Returns:
-            `BaseModelOutputWithPooling` with `last_hidden_state` `(batch, ceil(frames/2) [+1 for the token], d_model)`
-            and `pooler_output` `(batch, d_model)`, the pooled audio representation before projection.
-        """
-        encoder = self.audio_model
-        max_frames = encoder.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
-        if input_features.ndim != 3 or input_features.shape[1] != encoder.num_mel_bins:
-            raise ValueError(
-                f"input_features must have shape (batch, {encoder.num_mel_bins}, frames), got "
-                f"{tuple(input_features.shape)}."
-            )
-        if input_features.shape[-1] > max_frames:
-            raise ValueError(
-                f"input_features has {input_features.shape[-1]} frames; at most {max_frames} (30 s) fit the encoder. "
-                "Let the processor split long audio into windows."
-            )
-        dtype = encoder.conv1.weight.dtype
-        features = input_features.to(dtype)
-        frame_mask = None
-        if input_features_mask is not None and not bool(input_features_mask.all()):
-            mel_mask = input_features_mask.to(dtype).unsqueeze(1)
-            features = features * mel_mask
-            hidden = F.gelu(encoder.conv1(features)) * mel_mask
-            frame_mask = input_features_mask[:, ::2].bool()  # conv2 frame t is real iff mel frame 2t is real
-        else:
-            hidden = F.gelu(encoder.conv1(features))
-        hidden = F.gelu(encoder.conv2(hidden)).transpose(1, 2)
-        num_frames = hidden.shape[1]
-        hidden = hidden + encoder.embed_positions.weight[:num_frames].to(hidden.dtype)
-
-        if self.audio_global_token is not None:
-            hidden = torch.cat([hidden, self.audio_global_token(hidden.shape[0]).to(hidden.dtype)], dim=1)
-            if frame_mask is not None:
-                frame_mask = F.pad(frame_mask, (0, 1), value=True)
-        hidden = F.dropout(hidden, p=encoder.dropout, training=self.training)
-
-        attention_mask = None
-        if frame_mask is not None:
-            # Additive (batch, 1, 1, keys) mask: works for eager and SDPA attention alike.
-            attention_mask = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
-            attention_mask = attention_mask.masked_fill(~frame_mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
-        for layer in encoder.layers:
-            hidden = layer(hidden, attention_mask)
-        hidden = encoder.layer_norm(hidden)
-
-        if self.audio_global_token is not None:
-            pooled = hidden[:, -1]
-        elif frame_mask is None:
-            pooled = hidden.mean(dim=1)
-        else:
-            weights = frame_mask.to(hidden.dtype).unsqueeze(-1)
-            pooled = (hidden * weights).sum(1) / weights.sum(1)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+        """The audio tower with this model's pooling (see `WavLinkAudioEncoder.forward`): pooled at the global token,
+        or the masked mean of the frames when `audio_pooling="mean"`."""
+        return self.audio_model(input_features, input_features_mask, global_token=self.audio_global_token)
 
     def get_audio_features(
         self,
@@ -383,23 +436,10 @@ class WavLinkModel(WavLinkPreTrainedModel):
         if token_type_ids is not None and "token_type_ids" in self._text_forward_args:
             inputs["token_type_ids"] = token_type_ids
         outputs = self.text_model(**inputs, return_dict=True)
-        hidden = outputs.last_hidden_state
-        pooling = self.config.text_pooling
         if attention_mask is None:
             attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
-        if pooling == "cls":
-            pooled = hidden[:, 0]
-        elif pooling == "mean":
-            weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-        elif (
-            getattr(outputs, "pooler_output", None) is not None
-            and self.config.text_config.model_type == "clip_text_model"
-        ):
-            pooled = outputs.pooler_output  # CLIP pools at its EOS token itself
-        else:  # eos: the last real token (right padding)
-            last = attention_mask.long().sum(1).clamp(min=1) - 1
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        pooled = pool_text(outputs, attention_mask, self.config.text_pooling, self.config.text_config.model_type)
+        hidden = outputs.last_hidden_state
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
     def get_text_features(

@@ -443,3 +443,27 @@ def test_bf16_inference_option_is_close_to_fp32_and_off_in_training():
     torch.testing.assert_close(model(**batch).audio_embeds, fp32.audio_embeds, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="inference_precision"):
         tiny_config(inference_precision="fp8")
+
+
+def test_audio_tower_is_a_module_of_its_own():
+    from modeling_wavlink import WavLinkAudioEncoder
+
+    model, processor = tiny_model(), tiny_processor()
+    batch = processor(audio=[noise(0.7), noise(1.9, seed=1)], sampling_rate=16000)
+    assert isinstance(model.audio_model, WavLinkAudioEncoder)
+    with torch.no_grad():
+        tower = model.audio_model(
+            batch["input_features"], batch["input_features_mask"], global_token=model.audio_global_token
+        )
+        mean = model.audio_model(batch["input_features"], batch["input_features_mask"])
+        embeds = model.get_audio_features(**batch).pooler_output
+    # get_audio_features is the tower, then the projection, then normalisation
+    torch.testing.assert_close(embeds, F.normalize(model.audio_projection(tower.pooler_output), dim=-1), rtol=0, atol=0)
+    # without a token the tower pools the real frames' mean (clip 0 has 0.7 s = 35 real frames of the 95 computed)
+    assert mean.last_hidden_state.shape[1] == tower.last_hidden_state.shape[1] - 1 == 95
+    torch.testing.assert_close(mean.pooler_output[0], mean.last_hidden_state[0, :35].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_whisper_options_the_forward_cannot_honour_are_rejected():
+    with pytest.raises(ValueError, match="encoder_layerdrop=0.1 is not supported"):
+        tiny_model(audio_config=dict(tiny_config().audio_config.to_dict(), encoder_layerdrop=0.1))
