@@ -12,6 +12,7 @@ step sees `per_device_train_batch_size * num_processes` negatives. Gradient accu
 each micro-batch is its own contrastive problem.
 """
 
+import functools
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from wavlink.training.checkpoints import TrainerState, resolve_resume, save_checkpoint
 from wavlink.training.memory import release_freed_memory
@@ -521,119 +523,44 @@ class JsonlLogger:
 
 def train(argv=None):
     """Run training; returns `(unwrapped_model, processor, final_dir)`."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
+    from accelerate.utils import set_seed
 
-    from wavlink.training.data import (
-        AudioCaptionCollator,
-        AudioCaptionDataset,
-        LengthGroupedBatchSampler,
-        StreamingAudioCaptionDataset,
-    )
-    from wavlink.training.loss import DistributedContrastiveLoss
-
-    model_args, data_args, args = parse_args(argv)  # every option is validated here, before any weights load
-    if data_args.streaming and not args.max_steps:
-        raise ValueError("--streaming needs --max_steps (a stream has no length to count epochs by).")
-    if data_args.streaming and args.group_by_length:
-        raise ValueError("--group_by_length needs durations of the whole set and does not work with --streaming.")
-    # Options that cannot apply to the checkpoint fail here, before any weights load.
+    # 1. Options: every one is validated here, before any weights load.
+    model_args, data_args, args = parse_args(argv)
+    check_run_options(data_args, args)
     start_config = checkpoint_config(model_args) if model_args.model_name_or_path else None
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        cpu=args.cpu,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=str(output_dir),
-        # The schedule is sized in optimizer steps and stepped once per optimizer step below. (Accelerate's default
-        # steps it num_processes times per step, for schedules sized by one process's view of the whole data.)
-        step_scheduler_with_optimizer=False,
-        # Streaming shards are read by each process itself; batches are never dispatched from process 0.
-        dataloader_config=DataLoaderConfiguration(dispatch_batches=False if data_args.streaming else None),
-    )
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-    )
+
+    # 2. Processes, logging, seed.
+    accelerator = make_accelerator(args, data_args.streaming)
     output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)
 
+    # 3. Data tables (the synthetic set is written by the main process first), held-out files checked now.
     train_table, eval_table = load_tables(data_args, args.output_dir, accelerator)
     eval_data = eval_clips_and_captions(eval_table) if eval_table is not None else None
     if eval_data:
         check_eval_clips(eval_data[0])
+
+    # 4. Model, processor and fine-tuning regime.
     needs_tokenizer = model_args.model_name_or_path is None and model_args.text_config is not None
-    model, processor = build_model_and_processor(
-        model_args, sample_captions(train_table) if needs_tokenizer else None, config=start_config
-    )
+    captions = sample_captions(train_table) if needs_tokenizer else None
+    model, processor = build_model_and_processor(model_args, captions, config=start_config)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_regime(model, model_args)
     base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    trainable, total = count_parameters(model)
-    logger.info(
-        "regime=%s towers=%s: %s trainable of %s parameters (%.2f%%)",
-        model_args.finetune,
-        model_args.train_towers,
-        f"{trainable:,}",
-        f"{total:,}",
-        100 * trainable / total,
-    )
+    log_parameter_counts(model, model_args)
 
-    collate = AudioCaptionCollator(processor)
-    if data_args.streaming:
-        from datasets.distributed import split_dataset_by_node
-
-        shard = split_dataset_by_node(train_table, rank=accelerator.process_index, world_size=accelerator.num_processes)
-        dataset = StreamingAudioCaptionDataset(shard, data_args.max_audio_seconds, args.seed, data_args.shuffle_buffer)
-        loader = DataLoader(
-            dataset,
-            batch_size=args.per_device_train_batch_size,
-            collate_fn=collate,
-            num_workers=args.dataloader_num_workers,
-            drop_last=True,
-        )
-        batch_sampler, steps_per_epoch = None, None
-    else:
-        dataset = AudioCaptionDataset(train_table, data_args.max_audio_seconds, args.seed)
-        lengths = dataset.durations() if args.group_by_length else [0.0] * len(dataset)
-        # Global batches are drawn by one sampler and dealt to processes batch by batch, so the data order is the
-        # same for any number of processes.
-        batch_sampler = LengthGroupedBatchSampler(
-            lengths, args.per_device_train_batch_size, args.seed, args.group_by_length
-        )
-        loader = DataLoader(
-            dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=args.dataloader_num_workers
-        )
-        steps_per_epoch = len(batch_sampler) // accelerator.num_processes // args.gradient_accumulation_steps
-        if steps_per_epoch == 0:
-            raise ValueError(
-                f"the training set ({len(dataset)} rows) is smaller than one global batch "
-                f"({args.per_device_train_batch_size} x {accelerator.num_processes} processes x "
-                f"{args.gradient_accumulation_steps} accumulation)."
-            )
+    # 5. Loader, then the schedule sized in optimizer steps, before `prepare`.
+    loader, epochs, steps_per_epoch = make_train_loader(train_table, processor, data_args, args, accelerator)
     max_steps = args.max_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
-
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, args.weight_decay),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-    )
-    scheduler = get_scheduler(
-        args.lr_scheduler_type,
-        optimizer,
-        num_warmup_steps=int(args.warmup_ratio * max_steps),
-        num_training_steps=max_steps,
-    )
+    optimizer, scheduler = make_optimizer_and_schedule(model, args, max_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    # 6. Resume.
     state = TrainerState()
     accelerator.register_for_checkpointing(state)
-
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
@@ -641,45 +568,24 @@ def train(argv=None):
     elif args.resume_from_checkpoint == "latest":
         logger.info("no checkpoint in %s yet; starting from scratch", args.output_dir)
 
-    dims = base_model.config.matryoshka_dims
-    loss_type = base_model.config.loss_type
-    contrastive_loss = DistributedContrastiveLoss(loss_type, dims, accelerator.process_index, accelerator.num_processes)
-    if accelerator.is_main_process:
-        # The model options as they apply (from the checkpoint where not given), not as typed.
-        effective = {
-            name: getattr(base_model.config, name)
-            for name in ("projection_dim", "matryoshka_dims", "loss_type", "audio_pooling", "text_pooling")
-        }
-        run_config = {**asdict(model_args), **effective, **asdict(data_args), **asdict(args)}
-        accelerator.init_trackers(
-            "wavlink",
-            config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in run_config.items()},
-        )
-    log_jsonl = JsonlLogger(output_dir / "log.jsonl", accelerator.is_main_process)
+    # 7. Train.
+    from wavlink.training.loss import DistributedContrastiveLoss
 
+    config = base_model.config
+    contrastive_loss = DistributedContrastiveLoss(
+        config.loss_type, config.matryoshka_dims, accelerator.process_index, accelerator.num_processes
+    )
+    init_tracking(accelerator, base_model, model_args, data_args, args)
+    log_jsonl = JsonlLogger(output_dir / "log.jsonl", accelerator.is_main_process)
+    window = LogWindow(accelerator)
+    evaluate = functools.partial(
+        evaluate_and_log, accelerator, model, processor, eval_data, args, config.matryoshka_dims
+    )
     model.train()
     progress = tqdm(total=max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
-    window_start, window_samples, window_loss, window_micro = (
-        time.perf_counter(),
-        0,
-        torch.zeros((), device=accelerator.device),
-        0,
-    )
     last_results = None
     while state.step < max_steps:
-        if batch_sampler is not None:
-            # accelerate re-applies its loader's own epoch counter to sampler and dataset on every iteration (and a
-            # skipping loader inherits it), so set it first; a sampler wrapped for several processes is not reached
-            # by it, so set that directly as well.
-            loader.set_epoch(state.epoch)
-            batch_sampler.set_epoch(state.epoch)
-            dataset.set_epoch(state.epoch)
-            epoch_loader = (
-                accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
-            )
-        else:
-            epoch_loader = loader
-        for batch in epoch_loader:
+        for batch in epochs.batches(accelerator, loader, state):
             num_bad, num_samples = batch.pop("num_bad"), batch.pop("num_samples")
             with accelerator.accumulate(model):
                 outputs = model(**batch)
@@ -693,12 +599,7 @@ def train(argv=None):
                     scheduler.step()
                 optimizer.zero_grad()
             state.batches_in_epoch += 1
-            totals = accelerator.reduce(torch.stack([num_bad, num_samples]).to(accelerator.device), reduction="sum")
-            state.bad_samples += int(totals[0])
-            state.samples_seen += int(totals[1])
-            window_samples += int(totals[1]) - int(totals[0])
-            window_loss += loss.detach().float()
-            window_micro += 1
+            window.add(state, loss, num_bad, num_samples)
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
@@ -707,33 +608,12 @@ def train(argv=None):
                 release_freed_memory()
             check_bad_fraction(state, data_args.max_bad_sample_fraction)
             if state.step % args.logging_steps == 0 or state.step == max_steps:
-                elapsed = time.perf_counter() - window_start
-                # Each process's loss is its rows' share of the global batch; their mean is the global batch's loss.
-                global_loss = float(accelerator.reduce(window_loss / window_micro, reduction="mean"))
-                record = {
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    "loss": global_loss,
-                    "lr": scheduler.get_last_lr()[0],
-                    "samples_per_second": window_samples / elapsed,
-                    "logit_scale": float(logit_scale),
-                    "samples_seen": state.samples_seen,
-                    "bad_samples": state.bad_samples,
-                    "num_processes": accelerator.num_processes,
-                }
-                progress.set_postfix(
-                    loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_second']:.1f}"
-                )
+                record = window.record(state, scheduler.get_last_lr()[0], logit_scale)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
                 accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
                 log_jsonl(record)
-                window_start, window_samples, window_loss, window_micro = (
-                    time.perf_counter(),
-                    0,
-                    torch.zeros_like(window_loss),
-                    0,
-                )
             if eval_data and args.eval_steps and state.step % args.eval_steps == 0 and state.step != max_steps:
-                last_results = evaluate_and_log(accelerator, model, processor, eval_data, args, dims, state, log_jsonl)
+                last_results = evaluate(state, log_jsonl)
             if args.save_steps and state.step % args.save_steps == 0:
                 save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
             if state.step >= max_steps:
@@ -743,11 +623,188 @@ def train(argv=None):
             state.batches_in_epoch = 0
     progress.close()
 
+    # 8. Evaluate, save, push.
     if eval_data:
-        last_results = evaluate_and_log(accelerator, model, processor, eval_data, args, dims, state, log_jsonl)
+        last_results = evaluate(state, log_jsonl)
     final_dir = save_final(accelerator, model, processor, model_args, output_dir)
-    if last_results and accelerator.is_main_process:
-        # recorded beside the model, so `wavlink-push` puts them in the model card
+    if accelerator.is_main_process:
+        publish(
+            final_dir, last_results, eval_data, state, model_args, data_args, args, accelerator.num_processes, config
+        )
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        report(last_results, final_dir, state, len(eval_data[0]) if eval_data else 0)
+    return accelerator.unwrap_model(model), processor, final_dir
+
+
+def check_run_options(data_args: DataArguments, args: TrainArguments) -> None:
+    if data_args.streaming and not args.max_steps:
+        raise ValueError("--streaming needs --max_steps (a stream has no length to count epochs by).")
+    if data_args.streaming and args.group_by_length:
+        raise ValueError("--group_by_length needs durations of the whole set and does not work with --streaming.")
+
+
+def make_accelerator(args: TrainArguments, streaming: bool):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        cpu=args.cpu,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        # The schedule is sized in optimizer steps and stepped once per optimizer step in `train`. (Accelerate's
+        # default steps it num_processes times per step, for schedules sized by one process's view of the data.)
+        step_scheduler_with_optimizer=False,
+        # Streaming shards are read by each process itself; batches are never dispatched from process 0.
+        dataloader_config=DataLoaderConfiguration(dispatch_batches=False if streaming else None),
+    )
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+    )
+    return accelerator
+
+
+def log_parameter_counts(model, model_args: ModelArguments) -> None:
+    trainable, total = count_parameters(model)
+    logger.info(
+        "regime=%s towers=%s: %s trainable of %s parameters (%.2f%%)",
+        model_args.finetune,
+        model_args.train_towers,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
+
+
+class Epochs:
+    """Sets every epoch-dependent order before an epoch's batches are drawn, and skips the batches a resumed run has
+    already trained on."""
+
+    def __init__(self, dataset, batch_sampler=None):
+        self.dataset, self.batch_sampler = dataset, batch_sampler
+
+    def batches(self, accelerator, loader, state: TrainerState):
+        if self.batch_sampler is None:  # a stream: each process reads its own shard, endlessly
+            return loader
+        # accelerate re-applies its loader's own epoch counter to sampler and dataset on every iteration (and a
+        # skipping loader inherits it), so set it first; a sampler wrapped for several processes is not reached by
+        # it, so set that directly as well.
+        loader.set_epoch(state.epoch)
+        self.batch_sampler.set_epoch(state.epoch)
+        self.dataset.set_epoch(state.epoch)
+        return accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+
+
+def make_train_loader(train_table, processor, data_args: DataArguments, args: TrainArguments, accelerator):
+    """Returns `(loader, epochs, steps_per_epoch)`; `steps_per_epoch` is None for a stream."""
+    from torch.utils.data import DataLoader
+
+    from wavlink.training.data import (
+        AudioCaptionCollator,
+        AudioCaptionDataset,
+        LengthGroupedBatchSampler,
+        StreamingAudioCaptionDataset,
+    )
+
+    collate = AudioCaptionCollator(processor)
+    workers = args.dataloader_num_workers
+    if data_args.streaming:
+        from datasets.distributed import split_dataset_by_node
+
+        shard = split_dataset_by_node(train_table, rank=accelerator.process_index, world_size=accelerator.num_processes)
+        dataset = StreamingAudioCaptionDataset(shard, data_args.max_audio_seconds, args.seed, data_args.shuffle_buffer)
+        batch_size = args.per_device_train_batch_size
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers, drop_last=True)
+        return loader, Epochs(dataset), None
+    dataset = AudioCaptionDataset(train_table, data_args.max_audio_seconds, args.seed)
+    lengths = dataset.durations() if args.group_by_length else [0.0] * len(dataset)
+    # Global batches are drawn by one sampler and dealt to processes batch by batch, so the data order is the same
+    # for any number of processes.
+    sampler = LengthGroupedBatchSampler(lengths, args.per_device_train_batch_size, args.seed, args.group_by_length)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
+    steps_per_epoch = len(sampler) // accelerator.num_processes // args.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the training set ({len(dataset)} rows) is smaller than one global batch "
+            f"({args.per_device_train_batch_size} x {accelerator.num_processes} processes x "
+            f"{args.gradient_accumulation_steps} accumulation)."
+        )
+    return loader, Epochs(dataset, sampler), steps_per_epoch
+
+
+def make_optimizer_and_schedule(model, args: TrainArguments, max_steps: int):
+    """AdamW over the trainable parameters, and a schedule of `max_steps` optimizer steps."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, args.weight_decay),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+    )
+    warmup = int(args.warmup_ratio * max_steps)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)
+    return optimizer, scheduler
+
+
+def init_tracking(accelerator, base_model, model_args, data_args, args) -> None:
+    if not accelerator.is_main_process:
+        return
+    # The model options as they apply (from the checkpoint where not given), not as typed.
+    effective = {
+        name: getattr(base_model.config, name)
+        for name in ("projection_dim", "matryoshka_dims", "loss_type", "audio_pooling", "text_pooling")
+    }
+    run_config = {**asdict(model_args), **effective, **asdict(data_args), **asdict(args)}
+    flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in run_config.items()}
+    accelerator.init_trackers("wavlink", config=flat)
+
+
+class LogWindow:
+    """What is logged over the steps since the last log line, global across processes: the loss is the mean of the
+    processes' losses (each is its rows' share of the global batch), samples count every process's samples."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self._reset()
+
+    def _reset(self):
+        self.start, self.samples, self.micro = time.perf_counter(), 0, 0
+        self.loss = torch.zeros((), device=self.accelerator.device)
+
+    def add(self, state: TrainerState, loss, num_bad, num_samples) -> None:
+        """One micro-batch: updates the run's global sample counts in `state` too."""
+        counts = torch.stack([num_bad, num_samples]).to(self.accelerator.device)
+        bad, seen = (int(x) for x in self.accelerator.reduce(counts, reduction="sum"))
+        state.bad_samples += bad
+        state.samples_seen += seen
+        self.samples += seen - bad
+        self.loss += loss.detach().float()
+        self.micro += 1
+
+    def record(self, state: TrainerState, lr: float, logit_scale) -> dict:
+        elapsed = time.perf_counter() - self.start
+        record = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "loss": float(self.accelerator.reduce(self.loss / self.micro, reduction="mean")),
+            "lr": lr,
+            "samples_per_second": self.samples / elapsed,
+            "logit_scale": float(logit_scale),
+            "samples_seen": state.samples_seen,
+            "bad_samples": state.bad_samples,
+            "num_processes": self.accelerator.num_processes,
+        }
+        self._reset()
+        return record
+
+
+def publish(final_dir, results, eval_data, state, model_args, data_args, args, num_processes, config) -> None:
+    """Record the held-out results beside the model (for its card) and push it when asked."""
+    if results:
         from wavlink.hub.cards import add_results
 
         add_results(
@@ -757,31 +814,27 @@ def train(argv=None):
                     "task": "retrieval",
                     "dataset": "held-out",
                     "model": str(final_dir),
-                    "results": {str(d): m for d, m in last_results.items()},
+                    "results": {str(d): m for d, m in results.items()},
                     "num_clips": len(eval_data[0]),
                 }
             ],
         )
-    if args.push_to_hub and accelerator.is_main_process:
+    if args.push_to_hub:
         from wavlink.hub.push import push_folder
 
+        data = ", ".join((data_args.train_files or []) + (data_args.train_datasets or []))
         training = {
             "regime": model_args.finetune,
             "towers trained": model_args.train_towers,
-            "loss": loss_type,
+            "loss": config.loss_type,
             "steps": state.step,
             "samples seen": state.samples_seen,
             "learning rate": args.learning_rate,
-            "global batch": args.per_device_train_batch_size * accelerator.num_processes,
-            "training data": ", ".join((data_args.train_files or []) + (data_args.train_datasets or []))
-            or "synthetic demo",
+            "global batch": args.per_device_train_batch_size * num_processes,
+            "training data": data or "synthetic demo",
         }
         url = push_folder(final_dir, args.hub_model_id, training=training)
         logger.info("pushed %s to %s", final_dir, url)
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        report(last_results, final_dir, state, len(eval_data[0]) if eval_data else 0)
-    return accelerator.unwrap_model(model), processor, final_dir
 
 
 def check_bad_fraction(state: TrainerState, limit: float, minimum_seen: int = 50) -> None:
