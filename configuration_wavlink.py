@@ -18,6 +18,16 @@ EMBEDDING_TASK = "wavlink-embedding"
 _DEFAULT_TEXT_POOLING = {"clip_text_model": "eos", "modernbert": "cls"}
 
 
+def check_matryoshka_dim(dim: int | None, config) -> int:
+    """`dim` if it is one of `config.matryoshka_dims`, the full width when None; otherwise a ValueError naming the
+    allowed sizes. The one check behind `dim=` in the model, the pipeline and the tools."""
+    if dim is None:
+        return config.projection_dim
+    if dim not in config.matryoshka_dims:
+        raise ValueError(f"dim={dim} is not a Matryoshka size of this model; choose one of {config.matryoshka_dims}.")
+    return dim
+
+
 def _check_choice(field: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(
@@ -127,6 +137,6 @@ class WavLinkConfig(PretrainedConfig):
             )
 
 
-__all__ = ["WavLinkConfig"]
+__all__ = ["EMBEDDING_TASK", "WavLinkConfig", "check_matryoshka_dim"]
 
 WavLinkConfig.register_for_auto_class()

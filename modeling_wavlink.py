@@ -33,10 +33,17 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput
 
 try:
-    from .configuration_wavlink import WavLinkConfig
-    from .pipeline_wavlink import WavLinkEmbeddingPipeline  # noqa: F401  (saved and served beside the model)
+    from .configuration_wavlink import WavLinkConfig, check_matryoshka_dim
 except ImportError:
-    from configuration_wavlink import WavLinkConfig
+    from configuration_wavlink import WavLinkConfig, check_matryoshka_dim
+
+# Imported so that it travels with the model: `save_pretrained` copies the modules this file imports relatively
+# (transformers' `custom_object_save`), so a saved folder or Hub repo carries `pipeline_wavlink.py`, and
+# `pipeline(model=repo, trust_remote_code=True)` finds the class the config's `custom_pipelines` names. Nothing in
+# this file calls it.
+try:
+    from .pipeline_wavlink import WavLinkEmbeddingPipeline  # noqa: F401
+except ImportError:
     from pipeline_wavlink import WavLinkEmbeddingPipeline  # noqa: F401
 
 
@@ -89,9 +96,20 @@ def siglip_loss(
     return -F.logsigmoid(signs * logits).sum() / n
 
 
+def truncate_embeddings(embeds: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first `dim` dimensions of `(..., d)` embeddings, re-normalised: a Matryoshka level."""
+    return F.normalize(embeds[..., :dim], dim=-1)
+
+
+def inference_autocast(device: torch.device, precision: str | None):
+    """bfloat16 autocast on `device` for `precision="bf16"`, else nothing (fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _prefix(embeds: torch.Tensor | None, dim: int) -> torch.Tensor | None:
-    """The first `dim` dimensions, re-normalised (a Matryoshka level)."""
-    return None if embeds is None else F.normalize(embeds[:, :dim], dim=-1)
+    return None if embeds is None else truncate_embeddings(embeds, dim)
 
 
 def matryoshka_contrastive_loss(
@@ -420,7 +438,7 @@ class WavLinkModel(WavLinkPreTrainedModel):
             projected = self.audio_projection(audio_outputs.pooler_output).float()
         if audio_window_counts is not None:
             projected = _average_windows(projected, audio_window_counts)
-        audio_outputs.pooler_output = F.normalize(projected[:, :dim], dim=-1)
+        audio_outputs.pooler_output = truncate_embeddings(projected, dim)
         return audio_outputs
 
     # ------------------------------------------------------------------ text
@@ -455,7 +473,7 @@ class WavLinkModel(WavLinkPreTrainedModel):
         with self._inference_autocast(input_ids.device):
             text_outputs = self.encode_text(input_ids, attention_mask, token_type_ids)
             projected = self.text_projection(text_outputs.pooler_output).float()
-        text_outputs.pooler_output = F.normalize(projected[:, :dim], dim=-1)
+        text_outputs.pooler_output = truncate_embeddings(projected, dim)
         return text_outputs
 
     # ------------------------------------------------------------------ both
@@ -516,22 +534,12 @@ class WavLinkModel(WavLinkPreTrainedModel):
 
     def _inference_autocast(self, device: torch.device):
         # bf16 is an inference option only: training precision is the trainer's business (Accelerate).
-        if (
-            self.config.inference_precision == "bf16"
-            and not self.training
-            and not torch.is_autocast_enabled(device.type)
-        ):
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        if self.training or torch.is_autocast_enabled(device.type):
+            return contextlib.nullcontext()
+        return inference_autocast(device, self.config.inference_precision)
 
     def _check_dim(self, dim: int | None) -> int:
-        if dim is None:
-            return self.config.projection_dim
-        if dim not in self.config.matryoshka_dims:
-            raise ValueError(
-                f"dim={dim} is not a Matryoshka size of this model; choose one of {self.config.matryoshka_dims}."
-            )
-        return dim
+        return check_matryoshka_dim(dim, self.config)
 
     # ------------------------------------------------------------------ construction from pretrained towers
 
@@ -645,4 +653,8 @@ __all__ = [
     "clip_loss",
     "siglip_loss",
     "matryoshka_contrastive_loss",
+    "truncate_embeddings",
+    "inference_autocast",
+    "WavLinkAudioEncoder",
+    "pool_text",
 ]

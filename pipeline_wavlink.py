@@ -10,18 +10,17 @@ Served from the Hub beside the model (the config's `custom_pipelines` names it),
 Imports only torch, numpy, transformers and sibling modules at the top level.
 """
 
-import contextlib
-
 import numpy as np
 import torch
 from transformers import Pipeline
 
 try:
-    from .processing_wavlink import describe_audio, load_audio
+    from .configuration_wavlink import check_matryoshka_dim
+    from .processing_wavlink import AUDIO_SUFFIXES, describe_audio, load_audio
 except ImportError:
-    from processing_wavlink import describe_audio, load_audio
+    from configuration_wavlink import check_matryoshka_dim
+    from processing_wavlink import AUDIO_SUFFIXES, describe_audio, load_audio
 
-TASK = "wavlink-embedding"
 # A chunk of inputs is decoded, sorted by length and embedded in batches; chunks bound the memory of decoded audio.
 CHUNK = 256
 
@@ -30,8 +29,9 @@ class WavLinkEmbeddingPipeline(Pipeline):
     """Embeds audio (paths, arrays with `sampling_rate`, datasets-style dicts) or text with a WavLink model.
 
     Call with `audio=` or `text=` (a single item or a list) and optionally `dim=` (a Matryoshka size),
-    `batch_size=`, `sampling_rate=`, `precision="bf16"` (bfloat16 autocast) and `progress=`. Returns a float32
-    numpy array `(n, dim)` of L2-normalised rows, or `(dim,)` for a single non-list input.
+    `batch_size=`, `sampling_rate=`, `inference_precision="bf16"` (bfloat16 autocast; default: the config's) and
+    `progress=`. Returns a float32 numpy array `(n, dim)` of L2-normalised rows, or `(dim,)` for a single non-list
+    input.
     """
 
     _load_processor = True
@@ -48,7 +48,7 @@ class WavLinkEmbeddingPipeline(Pipeline):
         dim=None,
         batch_size=16,
         sampling_rate=None,
-        precision="fp32",
+        inference_precision=None,
         progress=None,
     ):
         if inputs is not None:
@@ -67,13 +67,13 @@ class WavLinkEmbeddingPipeline(Pipeline):
         if not items:
             raise ValueError("Nothing to embed: the input list is empty.")
         dim = self._check_dim(dim)
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision={precision!r} is not one of 'fp32', 'bf16'.")
+        if inference_precision not in (None, "fp32", "bf16"):
+            raise ValueError(f"inference_precision={inference_precision!r} is not one of 'fp32', 'bf16'.")
         show = len(items) > batch_size * 4 if progress is None else progress
         embeds = (
-            self._embed_audio(items, dim, batch_size, sampling_rate, precision, show)
+            self._embed_audio(items, dim, batch_size, sampling_rate, inference_precision, show)
             if audio is not None
-            else self._embed_text(items, dim, batch_size * 4, precision, show)
+            else self._embed_text(items, dim, batch_size * 4, inference_precision, show)
         )
         return embeds[0] if single else embeds
 
@@ -97,29 +97,29 @@ class WavLinkEmbeddingPipeline(Pipeline):
     # ---------------------------------------------------------------- batched embedding
 
     def _check_dim(self, dim):
-        dims = self.model.config.matryoshka_dims
-        if dim is not None and dim not in dims:
-            raise ValueError(f"dim={dim} is not a Matryoshka size of this model; choose one of {dims}.")
-        return dim or self.model.config.projection_dim
+        return check_matryoshka_dim(dim, self.model.config)
 
-    def _autocast(self, precision):
-        if precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _autocast(self, inference_precision):
+        # Imported here: modeling_wavlink imports this module (to serve it beside the model), not the other way.
+        try:
+            from .modeling_wavlink import inference_autocast
+        except ImportError:
+            from modeling_wavlink import inference_autocast
+        return inference_autocast(self.device, inference_precision)
 
-    def _run(self, batches, features_fn, precision, progress, total, desc):
+    def _run(self, batches, features_fn, inference_precision, progress, total, desc):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
         for indices, inputs in batches:
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
-            with torch.inference_mode(), self._autocast(precision):
+            with torch.inference_mode(), self._autocast(inference_precision):
                 embeds = features_fn(**inputs).pooler_output.float().cpu().numpy()
             bar.update(len(indices))
             yield indices, embeds
         bar.close()
 
-    def _embed_audio(self, items, dim, batch_size, sampling_rate, precision, progress):
+    def _embed_audio(self, items, dim, batch_size, sampling_rate, inference_precision, progress):
         rate = self.processor.feature_extractor.sampling_rate
         out = np.zeros((len(items), dim), dtype=np.float32)
 
@@ -139,11 +139,11 @@ class WavLinkEmbeddingPipeline(Pipeline):
                     yield start + picked, inputs
 
         features = lambda **kw: self.model.get_audio_features(**kw, dim=dim)  # noqa: E731
-        for indices, embeds in self._run(batches(), features, precision, progress, len(items), "audio"):
+        for indices, embeds in self._run(batches(), features, inference_precision, progress, len(items), "audio"):
             out[indices] = embeds
         return out
 
-    def _embed_text(self, items, dim, batch_size, precision, progress):
+    def _embed_text(self, items, dim, batch_size, inference_precision, progress):
         bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
         if bad:
             raise ValueError(f"text[{bad[0]}] must be a string, got {type(items[bad[0]]).__name__}.")
@@ -156,13 +156,13 @@ class WavLinkEmbeddingPipeline(Pipeline):
                 yield picked, dict(self.processor(text=[items[i] for i in picked]))
 
         features = lambda **kw: self.model.get_text_features(**kw, dim=dim)  # noqa: E731
-        for indices, embeds in self._run(batches(), features, precision, progress, len(items), "text"):
+        for indices, embeds in self._run(batches(), features, inference_precision, progress, len(items), "text"):
             out[indices] = embeds
         return out
 
 
 def _looks_like_audio_path(value: str) -> bool:
-    return value.lower().endswith((".wav", ".flac", ".ogg", ".mp3"))
+    return value.lower().endswith(AUDIO_SUFFIXES)
 
 
-__all__ = ["WavLinkEmbeddingPipeline", "TASK"]
+__all__ = ["WavLinkEmbeddingPipeline"]

@@ -11,6 +11,10 @@ import numpy as np
 from transformers import AutoTokenizer, BatchFeature, WhisperFeatureExtractor
 from transformers.processing_utils import ProcessorMixin
 
+# Whisper's feature rate: every clip is resampled to it.
+SAMPLE_RATE = 16000
+# Files decoded by soundfile's bundled libsndfile.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 AUDIO_PADDING = ("longest", "max_length")
 LONG_AUDIO = ("windows", "truncate")
 # A trailing window shorter than this is dropped when a long clip is split (it would add noise, not content).
@@ -158,7 +162,7 @@ class WavLinkProcessor(ProcessorMixin):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_audio(item, sampling_rate: int | None, target_rate: int = 16000, name: str = "audio") -> np.ndarray:
+def load_audio(item, sampling_rate: int | None, target_rate: int = SAMPLE_RATE, name: str = "audio") -> np.ndarray:
     """Decode one clip to a float32 mono waveform at `target_rate`.
 
     `item` is a path, a numpy/torch array (needs `sampling_rate`), or a dict with `array` + `sampling_rate`, or
@@ -271,4 +275,4 @@ def describe_audio(item, label: str) -> str:
 
 WavLinkProcessor.register_for_auto_class()
 
-__all__ = ["WavLinkProcessor", "describe_audio", "load_audio", "split_windows"]
+__all__ = ["AUDIO_SUFFIXES", "SAMPLE_RATE", "WavLinkProcessor", "describe_audio", "load_audio", "split_windows"]

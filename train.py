@@ -495,6 +495,7 @@ def sample_captions(table, limit: int = 20000) -> list[str]:
 
 
 def run_evaluation(model, processor, eval_data, accelerator, batch_size, dims):
+    from wavlink.evaluation.metrics import RETRIEVAL_METRICS
     from wavlink.evaluation.tasks import evaluate_retrieval
 
     clips, captions = eval_data
@@ -506,7 +507,7 @@ def run_evaluation(model, processor, eval_data, accelerator, batch_size, dims):
     model.train(was_training)
     flat = {}
     for dim, metrics in results.items():
-        for name in ("t2a_R@1", "t2a_R@5", "t2a_R@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "t2a_mAP@10", "a2t_mAP@10"):
+        for name in RETRIEVAL_METRICS:
             flat[f"eval/{name}@{dim}"] = metrics[name]
     return results, flat
 

@@ -130,7 +130,7 @@ def main(argv=None):
                 data.clips,
                 data.captions,
                 progress=False,
-                autocast_dtype=torch.bfloat16 if p == "bf16" else None,
+                inference_precision=p,
             )
             for p in ("fp32", "bf16")
         }

@@ -28,8 +28,12 @@ def compute(model, batch) -> dict[str, torch.Tensor]:
     model.eval()
     with torch.no_grad():
         out = model(**batch, return_loss=True)
-        result = {"audio_embeds": out.audio_embeds, "text_embeds": out.text_embeds, "loss": out.loss.reshape(1),
-                  "logits_per_audio": out.logits_per_audio}
+        result = {
+            "audio_embeds": out.audio_embeds,
+            "text_embeds": out.text_embeds,
+            "loss": out.loss.reshape(1),
+            "logits_per_audio": out.logits_per_audio,
+        }
         for dim in model.config.matryoshka_dims[1:]:
             result[f"audio_embeds@{dim}"] = model.get_audio_features(**batch, dim=dim).pooler_output
     return {k: v.contiguous() for k, v in result.items()}

@@ -12,8 +12,6 @@ import argparse
 import logging
 import sys
 
-import torch
-
 from . import readers, tasks
 from .report import write_report
 
@@ -35,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--batch_size", type=int, default=16, help="clips per batch (texts: 4x)")
     common.add_argument("--dims", type=int, nargs="+", default=None, help="Matryoshka dims to score (default: all)")
-    common.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on CPUs with AMX and on GPUs)")
+    common.add_argument(
+        "--inference_precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="bf16: bfloat16 autocast (fast on CPUs with AMX and on GPUs); default: the model config's",
+    )
     common.add_argument("--model_card", action="store_true", help="also write the results into <model>/README.md")
     common.add_argument("--no_progress", action="store_true", help="hide progress bars")
 
@@ -79,7 +82,7 @@ def run(args, accelerator=None) -> dict:
         accelerator=accelerator,
         batch_size=args.batch_size,
         progress=not args.no_progress,
-        autocast_dtype=torch.bfloat16 if args.bf16 else None,
+        inference_precision=args.inference_precision,
         dims=args.dims,
     )
     extra = {}
@@ -105,7 +108,7 @@ def run(args, accelerator=None) -> dict:
     name = args.name or data.name
     report = {"results": results}
     if accelerator is None or accelerator.is_main_process:
-        extra["precision"] = "bf16-autocast" if args.bf16 else "fp32"
+        extra["inference_precision"] = args.inference_precision or model.config.inference_precision
         report.update(write_report(results, args.task, args.out, name, args.model, extra))
         if args.model_card:
             import json

@@ -5,19 +5,15 @@ equal, are dropped exactly. (`gather_for_metrics` is not used: its remainder log
 length-sorted batches are not.)
 """
 
-import contextlib
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from processing_wavlink import describe_audio, load_audio
+from modeling_wavlink import inference_autocast, truncate_embeddings
+from processing_wavlink import SAMPLE_RATE, describe_audio, load_audio
 
 from ..training.data import clip_duration
-
-SAMPLE_RATE = 16000
 
 
 def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
@@ -36,13 +32,7 @@ class _IndexedItems(Dataset):
         return index, self.items[index]
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _embed(model, items, batches, make_inputs, features_fn, accelerator, desc, progress, autocast_dtype):
+def _embed(model, items, batches, make_inputs, features_fn, accelerator, desc, progress, inference_precision):
     def collate(pairs):
         indices = torch.tensor([p[0] for p in pairs])
         return indices, make_inputs([p[1] for p in pairs], indices)
@@ -56,7 +46,7 @@ def _embed(model, items, batches, make_inputs, features_fn, accelerator, desc, p
     with torch.inference_mode():
         for indices, inputs in tqdm(loader, desc=desc, disable=not (progress and is_main), leave=False):
             inputs = {k: v.to(device) for k, v in inputs.items()}
-            with _autocast(device, autocast_dtype):
+            with inference_autocast(device, inference_precision):
                 embeds = features_fn(**inputs).pooler_output.float()
             indices = indices.to(device)
             if accelerator is not None:
@@ -79,7 +69,7 @@ def _embed(model, items, batches, make_inputs, features_fn, accelerator, desc, p
 
 
 def embed_clips(
-    model, processor, clips, batch_size=16, accelerator=None, progress=True, autocast_dtype=None, durations=None
+    model, processor, clips, batch_size=16, accelerator=None, progress=True, inference_precision=None, durations=None
 ):
     """`(len(clips), d)` L2-normalised audio embeddings at full width; clips are anything the processor accepts.
     Raises `ValueError` naming the clip (index and path) that cannot be decoded."""
@@ -100,11 +90,11 @@ def embed_clips(
         accelerator,
         "audio",
         progress,
-        autocast_dtype,
+        inference_precision,
     )
 
 
-def embed_texts(model, processor, texts, batch_size=64, accelerator=None, progress=True, autocast_dtype=None):
+def embed_texts(model, processor, texts, batch_size=64, accelerator=None, progress=True, inference_precision=None):
     """`(len(texts), d)` L2-normalised text embeddings at full width.
 
     Each distinct text is embedded once and its row reused: identical captions then tie exactly (embedded in
@@ -127,11 +117,11 @@ def embed_texts(model, processor, texts, batch_size=64, accelerator=None, progre
         accelerator,
         "text",
         progress,
-        autocast_dtype,
+        inference_precision,
     )
     return embeds[[row_of[text] for text in texts]]
 
 
 def at_dim(embeds: np.ndarray, dim: int) -> np.ndarray:
     """Truncate to a Matryoshka prefix and re-normalise."""
-    return F.normalize(torch.from_numpy(embeds[:, :dim]), dim=-1).numpy()
+    return truncate_embeddings(torch.from_numpy(embeds), dim).numpy()

@@ -8,6 +8,15 @@ other are interchangeable and do not push each other down.)
 import numpy as np
 
 RECALL_AT = (1, 5, 10)
+# The headline metrics of each task, in the order tables, plots, logs and cards show them (the JSON keeps them all).
+RETRIEVAL_METRICS = tuple(
+    f"{direction}_{name}" for direction in ("t2a", "a2t") for name in [*(f"R@{k}" for k in RECALL_AT), "mAP@10"]
+)
+HEADLINE_METRICS = {
+    "retrieval": list(RETRIEVAL_METRICS),
+    "zero-shot": ["top1_accuracy", "top5_accuracy"],
+    "multiple-choice": ["accuracy"],
+}
 
 
 def _ranks_of(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..training.data import parse_captions
+from processing_wavlink import AUDIO_SUFFIXES
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+from ..training.data import parse_captions
 
 
 @dataclass

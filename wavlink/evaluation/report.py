@@ -3,12 +3,7 @@
 import json
 from pathlib import Path
 
-# Metrics shown in tables and plots, per task (all are kept in the JSON).
-HEADLINE = {
-    "retrieval": ["t2a_R@1", "t2a_R@5", "t2a_R@10", "t2a_mAP@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "a2t_mAP@10"],
-    "zero-shot": ["top1_accuracy", "top5_accuracy"],
-    "multiple-choice": ["accuracy"],
-}
+from .metrics import HEADLINE_METRICS as HEADLINE
 
 
 def markdown_table(results: dict, task: str) -> str:

@@ -17,7 +17,15 @@ def retrieval_at_dims(audio_embeds, text_embeds, caption_to_clip, dims) -> dict[
 
 
 def evaluate_retrieval(
-    model, processor, clips, captions, accelerator=None, batch_size=16, progress=True, autocast_dtype=None, dims=None
+    model,
+    processor,
+    clips,
+    captions,
+    accelerator=None,
+    batch_size=16,
+    progress=True,
+    inference_precision=None,
+    dims=None,
 ) -> dict[int, dict[str, float]]:
     """Embed `clips` and their captions (`captions[i]` is a list of 1..N captions for clip i) once, then score
     both retrieval directions at every Matryoshka dim."""
@@ -29,8 +37,8 @@ def evaluate_retrieval(
             raise ValueError(f"clip {clip_index} ({clips[clip_index]}) has no caption.")
         flat.extend(clip_captions)
         caption_to_clip.extend([clip_index] * len(clip_captions))
-    audio = embed_clips(model, processor, clips, batch_size, accelerator, progress, autocast_dtype)
-    text = embed_texts(model, processor, flat, batch_size * 4, accelerator, progress, autocast_dtype)
+    audio = embed_clips(model, processor, clips, batch_size, accelerator, progress, inference_precision)
+    text = embed_texts(model, processor, flat, batch_size * 4, accelerator, progress, inference_precision)
     return retrieval_at_dims(audio, text, np.asarray(caption_to_clip), dims or model.config.matryoshka_dims)
 
 
@@ -59,13 +67,13 @@ def evaluate_zero_shot(
     accelerator=None,
     batch_size=16,
     progress=True,
-    autocast_dtype=None,
+    inference_precision=None,
     dims=None,
 ) -> dict[int, dict[str, float]]:
     """Top-1/top-5 accuracy of zero-shot classification on a `ClassificationSet`, at every Matryoshka dim."""
     prompts = [template.format(label=label) for label in dataset.labels for template in templates]
-    text = embed_texts(model, processor, prompts, batch_size * 4, accelerator, progress, autocast_dtype)
-    audio = embed_clips(model, processor, dataset.clips, batch_size, accelerator, progress, autocast_dtype)
+    text = embed_texts(model, processor, prompts, batch_size * 4, accelerator, progress, inference_precision)
+    audio = embed_clips(model, processor, dataset.clips, batch_size, accelerator, progress, inference_precision)
     template_embeds = text.reshape(len(dataset.labels), len(templates), -1)
     return zero_shot_at_dims(audio, template_embeds, np.asarray(dataset.targets), dims or model.config.matryoshka_dims)
 
@@ -76,7 +84,7 @@ def multiple_choice_text(question: str, option: str) -> str:
 
 
 def evaluate_multiple_choice(
-    model, processor, dataset, accelerator=None, batch_size=16, progress=True, autocast_dtype=None, dims=None
+    model, processor, dataset, accelerator=None, batch_size=16, progress=True, inference_precision=None, dims=None
 ) -> dict[int, dict[str, float]]:
     """Accuracy on a `MultipleChoiceSet`: the option whose (question + option) embedding is nearest the audio wins."""
     texts, owner = [], []
@@ -84,8 +92,8 @@ def evaluate_multiple_choice(
         texts.extend(multiple_choice_text(question, option) for option in options)
         owner.extend([item] * len(options))
     owner = np.asarray(owner)
-    text = embed_texts(model, processor, texts, batch_size * 4, accelerator, progress, autocast_dtype)
-    audio = embed_clips(model, processor, dataset.clips, batch_size, accelerator, progress, autocast_dtype)
+    text = embed_texts(model, processor, texts, batch_size * 4, accelerator, progress, inference_precision)
+    audio = embed_clips(model, processor, dataset.clips, batch_size, accelerator, progress, inference_precision)
     results = {}
     for dim in dims or model.config.matryoshka_dims:
         scores = np.einsum("nd,nd->n", at_dim(text, dim), at_dim(audio, dim)[owner])

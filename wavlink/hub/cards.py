@@ -6,16 +6,14 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..evaluation.metrics import HEADLINE_METRICS
+
 TASK_TYPES = {
     "retrieval": "audio-text-retrieval",
     "zero-shot": "zero-shot-audio-classification",
     "multiple-choice": "audio-multiple-choice",
 }
-CARD_METRICS = {
-    "retrieval": ["t2a_R@1", "t2a_R@5", "t2a_R@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "t2a_mAP@10", "a2t_mAP@10"],
-    "zero-shot": ["top1_accuracy", "top5_accuracy"],
-    "multiple-choice": ["accuracy"],
-}
+CARD_METRICS = HEADLINE_METRICS
 RESULTS_FILE = "wavlink_eval_results.json"
 
 USAGE = """```python

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+from processing_wavlink import AUDIO_SUFFIXES, SAMPLE_RATE
+
 FORMAT_VERSION = "1"
-SAMPLE_RATE = 16000
 
 
 class IndexFileError(ValueError):
@@ -165,7 +165,7 @@ def build_index(
     int8: bool = False,
     batch_size: int = 16,
     chunk: int = 64,
-    precision: str = "fp32",
+    inference_precision: str | None = None,
     accelerator=None,
     progress: bool = True,
 ) -> dict:
@@ -220,7 +220,9 @@ def build_index(
             rows.append((key, size, mtime, len(waveform) / SAMPLE_RATE))
             waveforms.append({"array": waveform, "sampling_rate": SAMPLE_RATE})
         vectors = (
-            embed(audio=waveforms, dim=dim, batch_size=batch_size, precision=precision, progress=False)
+            embed(
+                audio=waveforms, dim=dim, batch_size=batch_size, inference_precision=inference_precision, progress=False
+            )
             if waveforms
             else np.zeros((0, dim), np.float32)
         )
@@ -294,7 +296,9 @@ def index_main(argv=None) -> int:
         "--int8", action="store_true", help="store int8 embeddings with a per-vector scale (4x smaller)"
     )
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast while embedding")
+    parser.add_argument(
+        "--inference_precision", choices=("fp32", "bf16"), default=None, help="bf16: bfloat16 autocast while embedding"
+    )
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     from accelerate import Accelerator
@@ -308,7 +312,7 @@ def index_main(argv=None) -> int:
             args.dim,
             args.int8,
             args.batch_size,
-            precision="bf16" if args.bf16 else "fp32",
+            inference_precision=args.inference_precision,
             accelerator=accelerator if accelerator.num_processes > 1 else None,
             progress=not args.no_progress,
         )

@@ -13,12 +13,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from processing_wavlink import describe_audio, load_audio
+from processing_wavlink import SAMPLE_RATE, describe_audio, load_audio
 
 logger = logging.getLogger(__name__)
 
 LOCAL_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-SAMPLE_RATE = 16000
 
 
 class BadSampleError(ValueError):

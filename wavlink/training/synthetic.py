@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from processing_wavlink import SAMPLE_RATE
+
 PITCHES = {"low": 220.0, "middle": 440.0, "high": 1200.0}
 WAVEFORMS = ("sine", "square", "sawtooth")
 NOISES = ("white", "pink", "brown")
