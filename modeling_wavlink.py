@@ -2,7 +2,7 @@
 
 Served from the Hub as remote code: imports only torch, numpy, transformers and sibling modules.
 
-Design decisions the paper leaves open (see README, "Model"):
+Design decisions the paper leaves open:
 
 * **Placement of the global token.** The learnable vector is appended *after* the conv front-end and the
   sinusoidal position embeddings, as the last element of the sequence, and it receives **no** position
