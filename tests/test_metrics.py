@@ -99,3 +99,14 @@ def test_zero_shot_prompt_ensembling_at_dims():
     templates = templates / np.linalg.norm(templates, axis=-1, keepdims=True)
     results = zero_shot_at_dims(audio, templates, np.array([0, 1]), dims=[4, 2])
     assert results[4]["top1_accuracy"] == 100 and results[2]["top1_accuracy"] == 100
+
+
+def test_metrics_import_without_torch():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = "import sys, wavlink.evaluation.metrics; assert 'torch' not in sys.modules, 'torch was imported'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
