@@ -148,6 +148,7 @@ class WavLinkConfig(PretrainedConfig):
                 }
             }
 
+
 __all__ = ["EMBEDDING_TASK", "WavLinkConfig", "check_matryoshka_dim"]
 
 WavLinkConfig.register_for_auto_class()

@@ -1,4 +1,8 @@
-"""Evaluation tasks at every Matryoshka dim: audio-text retrieval, zero-shot classification, multiple choice."""
+"""Evaluation tasks at every Matryoshka dim: audio-text retrieval, zero-shot classification, multiple choice.
+
+Every task takes `dims` (default: the model's Matryoshka sizes) and the embedding options of `Embedder`:
+`accelerator`, `batch_size`, `progress`, `inference_precision`.
+"""
 
 import numpy as np
 import torch
@@ -6,6 +10,23 @@ import torch.nn.functional as F
 
 from .embedding import at_dim, embed_clips, embed_texts
 from .metrics import classification_metrics, retrieval_metrics
+
+
+class Embedder:
+    """Embeds clips and texts for a task: each item once, in length-sorted batches (texts in batches 4x larger),
+    split across processes when an `accelerator` is given."""
+
+    def __init__(self, model, processor, accelerator=None, batch_size=16, progress=True, inference_precision=None):
+        self.model, self.processor, self.accelerator = model, processor, accelerator
+        self.batch_size, self.progress, self.inference_precision = batch_size, progress, inference_precision
+
+    def audio(self, clips):
+        return embed_clips(self.model, self.processor, clips, self.batch_size, self.accelerator, self.progress,
+                           self.inference_precision)  # fmt: skip
+
+    def text(self, texts):
+        return embed_texts(self.model, self.processor, texts, self.batch_size * 4, self.accelerator, self.progress,
+                           self.inference_precision)  # fmt: skip
 
 
 def retrieval_at_dims(audio_embeds, text_embeds, caption_to_clip, dims) -> dict[int, dict[str, float]]:
@@ -16,19 +37,10 @@ def retrieval_at_dims(audio_embeds, text_embeds, caption_to_clip, dims) -> dict[
     }
 
 
-def evaluate_retrieval(
-    model,
-    processor,
-    clips,
-    captions,
-    accelerator=None,
-    batch_size=16,
-    progress=True,
-    inference_precision=None,
-    dims=None,
-) -> dict[int, dict[str, float]]:
+def evaluate_retrieval(model, processor, clips, captions, dims=None, **options) -> dict[int, dict[str, float]]:
     """Embed `clips` and their captions (`captions[i]` is a list of 1..N captions for clip i) once, then score
     both retrieval directions at every Matryoshka dim."""
+    embedder = Embedder(model, processor, **options)
     if len(clips) != len(captions):
         raise ValueError(f"{len(clips)} clips but {len(captions)} caption lists.")
     flat, caption_to_clip = [], []
@@ -37,8 +49,8 @@ def evaluate_retrieval(
             raise ValueError(f"clip {clip_index} ({clips[clip_index]}) has no caption.")
         flat.extend(clip_captions)
         caption_to_clip.extend([clip_index] * len(clip_captions))
-    audio = embed_clips(model, processor, clips, batch_size, accelerator, progress, inference_precision)
-    text = embed_texts(model, processor, flat, batch_size * 4, accelerator, progress, inference_precision)
+    audio = embedder.audio(clips)
+    text = embedder.text(flat)
     return retrieval_at_dims(audio, text, np.asarray(caption_to_clip), dims or model.config.matryoshka_dims)
 
 
@@ -60,20 +72,13 @@ def zero_shot_at_dims(audio_embeds, template_embeds, targets, dims) -> dict[int,
 
 
 def evaluate_zero_shot(
-    model,
-    processor,
-    dataset,
-    templates=(DEFAULT_TEMPLATE,),
-    accelerator=None,
-    batch_size=16,
-    progress=True,
-    inference_precision=None,
-    dims=None,
+    model, processor, dataset, templates=(DEFAULT_TEMPLATE,), dims=None, **options
 ) -> dict[int, dict[str, float]]:
     """Top-1/top-5 accuracy of zero-shot classification on a `ClassificationSet`, at every Matryoshka dim."""
+    embedder = Embedder(model, processor, **options)
     prompts = [template.format(label=label) for label in dataset.labels for template in templates]
-    text = embed_texts(model, processor, prompts, batch_size * 4, accelerator, progress, inference_precision)
-    audio = embed_clips(model, processor, dataset.clips, batch_size, accelerator, progress, inference_precision)
+    text = embedder.text(prompts)
+    audio = embedder.audio(dataset.clips)
     template_embeds = text.reshape(len(dataset.labels), len(templates), -1)
     return zero_shot_at_dims(audio, template_embeds, np.asarray(dataset.targets), dims or model.config.matryoshka_dims)
 
@@ -83,17 +88,16 @@ def multiple_choice_text(question: str, option: str) -> str:
     return f"{question} {option}".strip()
 
 
-def evaluate_multiple_choice(
-    model, processor, dataset, accelerator=None, batch_size=16, progress=True, inference_precision=None, dims=None
-) -> dict[int, dict[str, float]]:
+def evaluate_multiple_choice(model, processor, dataset, dims=None, **options) -> dict[int, dict[str, float]]:
     """Accuracy on a `MultipleChoiceSet`: the option whose (question + option) embedding is nearest the audio wins."""
+    embedder = Embedder(model, processor, **options)
     texts, owner = [], []
-    for item, (question, options) in enumerate(zip(dataset.questions, dataset.options)):
-        texts.extend(multiple_choice_text(question, option) for option in options)
-        owner.extend([item] * len(options))
+    for item, (question, choices) in enumerate(zip(dataset.questions, dataset.options)):
+        texts.extend(multiple_choice_text(question, choice) for choice in choices)
+        owner.extend([item] * len(choices))
     owner = np.asarray(owner)
-    text = embed_texts(model, processor, texts, batch_size * 4, accelerator, progress, inference_precision)
-    audio = embed_clips(model, processor, dataset.clips, batch_size, accelerator, progress, inference_precision)
+    text = embedder.text(texts)
+    audio = embedder.audio(dataset.clips)
     results = {}
     for dim in dims or model.config.matryoshka_dims:
         scores = np.einsum("nd,nd->n", at_dim(text, dim), at_dim(audio, dim)[owner])

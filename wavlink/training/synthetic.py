@@ -47,41 +47,43 @@ def _fade(signal: np.ndarray, ms: float = 10) -> np.ndarray:
     return signal
 
 
+# Three phrasings per kind of sound, filled in with the clip's attributes.
+CAPTIONS = {
+    "tone": ("a steady {pitch} pitched {wave} tone", "a constant {wave} wave at a {pitch} pitch",
+             "a {pitch} {wave} tone that does not change"),
+    "mixture": ("a {pitch} pitched {wave} tone over {colour} noise",
+                "{colour} noise mixed with a steady {pitch} {wave} tone",
+                "a {wave} wave at a {pitch} pitch with {colour} noise behind it"),
+    "sweep": ("a {direction} sweep", "a tone sweeping {way} in pitch", "a {direction} chirp that glides {way}"),
+    "beeps": ("{count} short {beeps}", "a beep repeated {count} {times}",
+              "{count} electronic {beeps} with silence between"),
+    "noise": ("{colour} noise", "{texture} of {colour} noise", "continuous {colour} noise with no tone"),
+}  # fmt: skip
+TEXTURES = {"white": "a bright hiss", "pink": "a soft even rush", "brown": "a deep rumble"}
+
+
 def make_clip(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
     """One clip of `kind` with random attributes, and its captions."""
+    if kind not in CAPTIONS:
+        raise ValueError(f"unknown synthetic sound kind {kind!r}; choose from {KINDS}")
     seconds = rng.uniform(1.0, 4.0)
     n = int(seconds * SAMPLE_RATE)
     t = np.arange(n) / SAMPLE_RATE
+    words = {}
     if kind in ("tone", "mixture"):
-        pitch = rng.choice(list(PITCHES))
-        wave = rng.choice(WAVEFORMS)
-        freq = PITCHES[pitch] * rng.uniform(0.95, 1.05)
-        audio = 0.5 * _oscillator(wave, 2 * np.pi * freq * t)
-        captions = [
-            f"a steady {pitch} pitched {wave} tone",
-            f"a constant {wave} wave at a {pitch} pitch",
-            f"a {pitch} {wave} tone that does not change",
-        ]
+        words.update(pitch=rng.choice(list(PITCHES)), wave=rng.choice(WAVEFORMS))
+        freq = PITCHES[words["pitch"]] * rng.uniform(0.95, 1.05)
+        audio = 0.5 * _oscillator(words["wave"], 2 * np.pi * freq * t)
         if kind == "mixture":
-            colour = rng.choice(NOISES)
-            audio = 0.6 * audio + 0.4 * _coloured_noise(colour, n, rng)
-            captions = [
-                f"a {pitch} pitched {wave} tone over {colour} noise",
-                f"{colour} noise mixed with a steady {pitch} {wave} tone",
-                f"a {wave} wave at a {pitch} pitch with {colour} noise behind it",
-            ]
+            words["colour"] = rng.choice(NOISES)
+            audio = 0.6 * audio + 0.4 * _coloured_noise(words["colour"], n, rng)
     elif kind == "sweep":
         direction = rng.choice(["rising", "falling"])
         low, high = 200.0 * rng.uniform(0.9, 1.1), 2000.0 * rng.uniform(0.9, 1.1)
         start, end = (low, high) if direction == "rising" else (high, low)
         freq = start * (end / start) ** (t / seconds)  # exponential sweep
         audio = 0.5 * np.sin(2 * np.pi * np.cumsum(freq) / SAMPLE_RATE)
-        word = "upward" if direction == "rising" else "downward"
-        captions = [
-            f"a {direction} sweep",
-            f"a tone sweeping {word} in pitch",
-            f"a {direction} chirp that glides {word}",
-        ]
+        words.update(direction=direction, way="upward" if direction == "rising" else "downward")
     elif kind == "beeps":
         count = int(rng.integers(1, 6))
         n = int(max(seconds, 0.4 * count + 0.3) * SAMPLE_RATE)
@@ -90,22 +92,14 @@ def make_clip(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, list[str
         for i in range(count):
             start = int((0.15 + 0.4 * i) * SAMPLE_RATE)
             audio[start : start + beep] = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(beep) / SAMPLE_RATE)
-        word = COUNT_WORDS[count]
-        plural = "beep" if count == 1 else "beeps"
-        captions = [
-            f"{word} short {plural}",
-            f"a beep repeated {word} {'time' if count == 1 else 'times'}",
-            f"{word} electronic {plural} with silence between",
-        ]
-    elif kind == "noise":
+        one = count == 1
+        words.update(count=COUNT_WORDS[count], beeps="beep" if one else "beeps", times="time" if one else "times")
+    else:  # noise
         colour = rng.choice(NOISES)
         audio = 0.5 * _coloured_noise(colour, n, rng)
-        texture = {"white": "a bright hiss", "pink": "a soft even rush", "brown": "a deep rumble"}[colour]
-        captions = [f"{colour} noise", f"{texture} of {colour} noise", f"continuous {colour} noise with no tone"]
-    else:
-        raise ValueError(f"unknown synthetic sound kind {kind!r}; choose from {KINDS}")
+        words.update(colour=colour, texture=TEXTURES[colour])
     audio = _fade(audio.astype(np.float64)) * rng.uniform(0.5, 1.0)
-    return audio.astype(np.float32), captions
+    return audio.astype(np.float32), [template.format(**words) for template in CAPTIONS[kind]]
 
 
 def generate_dataset(out_dir: str | Path, num_train: int = 600, num_eval: int = 100, seed: int = 0) -> dict[str, Path]:
