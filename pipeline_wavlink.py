@@ -66,6 +66,8 @@ class WavLinkEmbeddingPipeline(Pipeline):
         items = [items] if single else list(items)
         if not items:
             raise ValueError("Nothing to embed: the input list is empty.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}.")
         dim = self._check_dim(dim)
         if inference_precision not in (None, "fp32", "bf16"):
             raise ValueError(f"inference_precision={inference_precision!r} is not one of 'fp32', 'bf16'.")

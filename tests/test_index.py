@@ -128,9 +128,16 @@ def test_clear_errors(setup, tmp_path, capsys):
         (
             wavlink_index.index_main,
             [str(sounds), "--model", str(model_dir), "--out", str(tmp_path / "x.index"), "--dim", "5"],
-            "--dim 5",
+            "--dim: dim=5 is not a Matryoshka size",
         ),
     ]
+    # size options are checked at the door (a negative batch size once stored all-zero vectors)
+    for flag, value in (("--batch_size", "-1"), ("--batch_size", "0"), ("--chunk", "0")):
+        argv = [str(sounds), "--model", str(model_dir), "--out", str(tmp_path / "y.index"), flag, value]
+        cases.append((wavlink_index.index_main, argv, f"{flag} must be a positive whole number, got {value}"))
+    (tmp_path / "a_file").write_text("not a folder")
+    argv = [str(sounds), "--model", str(model_dir), "--out", str(tmp_path / "a_file" / "x.index")]
+    cases.append((wavlink_index.index_main, argv, "a_file"))
     (tmp_path / "corrupt.index").write_bytes(b"this is not sqlite" * 100)
     cases.append(
         (wavlink_index.search_main, [str(tmp_path / "corrupt.index"), "query"], "not a WavLink index or is corrupt")
@@ -140,6 +147,8 @@ def test_clear_errors(setup, tmp_path, capsys):
     other.execute("CREATE TABLE items (path TEXT)")
     other.commit()
     cases.append((wavlink_index.search_main, [str(tmp_path / "other.index"), "query"], "not a WavLink index"))
+    build_index(sounds, str(model_dir), tmp_path / "k.index", dim=8, progress=False)
+    cases.append((wavlink_index.search_main, [str(tmp_path / "k.index"), "a tone", "-k", "0"], "-k must be a positive"))
     for command, argv, message in cases:
         assert command(argv + ["--no_progress"]) == 2
         err = capsys.readouterr().err
@@ -214,3 +223,85 @@ def test_two_process_indexing_matches_one_process(setup, tmp_path):
     assert sorted(one_paths) == sorted(two_paths) and single["added"] == 12
     order = [two_paths.index(p) for p in one_paths]
     np.testing.assert_allclose(two[order], one, atol=1e-5)
+
+
+def test_batch_sizes_are_checked_at_the_door(setup):
+    from pipeline_wavlink import WavLinkEmbeddingPipeline
+    from wavlink.loading import load_model_and_processor
+
+    _, model_dir = setup
+    model, processor = load_model_and_processor(str(model_dir))
+    embed = WavLinkEmbeddingPipeline(model=model, processor=processor, device=-1)
+    for size in (-1, 0, 2.5):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive whole number, got {size}"):
+            embed(text=["a tone"], batch_size=size)
+    with pytest.raises(ValueError, match="--batch_size must be a positive"):
+        build_index(setup[0], str(model_dir), "unused.index", batch_size=-1, progress=False)
+
+
+def test_only_finite_unit_vectors_are_stored(setup, tmp_path, monkeypatch):
+    from pipeline_wavlink import WavLinkEmbeddingPipeline
+
+    sounds, model_dir = setup
+    index = AudioIndex.create(tmp_path / "v.index", "m", 4, False, "fingerprint")
+    for vector in ([0.0, 0, 0, 0], [np.nan, 1, 0, 0], [2.0, 0, 0, 0]):
+        with pytest.raises(ValueError, match="refusing to store 1 embedding"):
+            index.add([("x.wav", 1, 1.0, 1.0)], np.asarray([vector], dtype=np.float32))
+    assert len(index) == 0
+    # a model that returns zero vectors: every file is reported, nothing is stored
+    monkeypatch.setattr(
+        WavLinkEmbeddingPipeline, "__call__", lambda self, audio, dim, **kw: np.zeros((len(audio), dim))
+    )
+    report = build_index(sounds, str(model_dir), tmp_path / "zeros.index", dim=8, progress=False)
+    assert report["added"] == 0 and report["total_in_index"] == 0
+    assert sum("not finite and unit-norm" in f for f in report["failures"]) == 12
+
+
+def test_an_index_refuses_a_model_with_other_weights(setup, tmp_path, capsys):
+    sounds, model_dir = setup
+    other_dir = tmp_path / "other-model"
+    shutil.copytree(model_dir, other_dir)
+    from wavlink.loading import load_model_and_processor
+
+    other, _ = load_model_and_processor(str(other_dir))
+    with torch.no_grad():
+        other.audio_projection.weight.mul_(-1)  # same config and Matryoshka sizes, other embedding space
+    other.save_pretrained(other_dir)
+    out = tmp_path / "sounds.index"
+    build_index(sounds, str(model_dir), out, dim=8, progress=False)
+    # searching with another model's weights
+    assert wavlink_index.search_main([str(out), "a tone", "--model", str(other_dir), "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert "weights differ" in err and "Rebuild the index" in err and "Traceback" not in err
+    # the model folder replaced in place, then re-indexing: refused, nothing mixed in
+    moved = tmp_path / "original-model"
+    shutil.move(str(model_dir), moved)
+    shutil.copytree(other_dir, model_dir)
+    try:
+        os.utime(sorted(sounds.glob("*.wav"))[0], (time.time() + 9, time.time() + 9))
+        with pytest.raises(IndexFileError, match="weights differ"):
+            build_index(sounds, str(model_dir), out, dim=8, progress=False)
+    finally:
+        shutil.rmtree(model_dir)
+        shutil.move(str(moved), model_dir)
+    assert search(out, query="a tone", k=2, progress=False)  # the right weights still search it
+
+
+def test_index_creation_is_atomic_and_safe_to_race(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "raced.index"
+    with ThreadPoolExecutor(8) as pool:
+        indexes = list(pool.map(lambda _: AudioIndex.create(path, "m", 4, False, "fp"), range(20)))
+    assert all(index.meta["model_fingerprint"] == "fp" for index in indexes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raced.index"]  # no temporary file left behind
+
+    def crash(source, target):
+        raise OSError("killed while creating")
+
+    monkeypatch.setattr(os, "link", crash)
+    with pytest.raises(OSError, match="killed"):
+        AudioIndex.create(tmp_path / "crashed.index", "m", 4, False, "fp")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raced.index"]  # no half-made index
+    assert AudioIndex.create(tmp_path / "crashed.index", "m", 4, False, "fp").meta["dim"] == "4"

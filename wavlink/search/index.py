@@ -5,24 +5,62 @@
     wavlink-search sounds.index --audio query.wav -k 5
     accelerate launch -m wavlink.search ./big_collection --model ... --out big.index   # several GPUs
 
-The index is one SQLite file: the model and settings it was built with, and per file its path, size, mtime,
-duration and embedding (float32, or int8 with a per-vector scale). Every batch is committed as one transaction,
-so an interrupted run keeps everything written before it; re-indexing skips files whose path, size and mtime are
-unchanged. Unreadable files are reported and skipped.
+The index is one SQLite file: the model it was built with (its path or Hub id and a fingerprint of its weights and
+config), the settings, and per file its path, size, mtime, duration and embedding (float32, or int8 with a
+per-vector scale). Files are embedded in chunks (`--chunk`, 64 by default), and each chunk is committed as one
+transaction, so an interrupted run keeps every chunk written before it; re-indexing skips files whose path, size and
+mtime are unchanged. Unreadable files are reported and skipped. Only finite, unit-norm embeddings are stored. An
+index refuses to be searched or extended with a model whose fingerprint differs from the one it was built with.
 """
 
 import argparse
+import hashlib
+import json
 import os
 import sqlite3
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from configuration_wavlink import check_matryoshka_dim
 from processing_wavlink import AUDIO_SUFFIXES, SAMPLE_RATE
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: the model fingerprint is recorded
+
+
+def positive(name: str, value: int) -> int:
+    """`value` if it is a positive whole number; otherwise a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
+    return value
+
+
+def model_fingerprint(model) -> str:
+    """SHA-256 of the model's config and of every weight (name, dtype, shape, bytes): two models embed alike only if
+    their fingerprints are equal. A LoRA run is fingerprinted as loaded (base plus adapter)."""
+    import torch
+
+    digest = hashlib.sha256()
+    config = model.config.to_dict()
+    for volatile in ("transformers_version", "_name_or_path", "auto_map", "custom_pipelines", "architectures"):
+        config.pop(volatile, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_vectors(vectors: np.ndarray, names: list[str]) -> list[int]:
+    """Indices of rows that are finite and unit-norm (to 1e-3); the rest must never be stored."""
+    finite = np.isfinite(vectors).all(axis=1)
+    norms = np.linalg.norm(np.where(finite[:, None], vectors, 0), axis=1)
+    good = finite & (np.abs(norms - 1) < 1e-3)
+    return [i for i in range(len(names)) if good[i]]
 
 
 class IndexFileError(ValueError):
@@ -70,40 +108,80 @@ class AudioIndex:
         return cls(path, db, meta)
 
     @classmethod
-    def create(cls, path, model: str, dim: int, int8: bool) -> "AudioIndex":
+    def create(cls, path, model: str, dim: int, int8: bool, fingerprint: str) -> "AudioIndex":
+        """Open the index at `path` for adding, or create it. An existing index must have been built with the same
+        model weights (`fingerprint`), dim and quantization. Creation is atomic: the tables and metadata are written
+        to a temporary file that is then linked into place, so a crash leaves no half-made index, and of two
+        processes creating one index at once, one creates it and the other opens it."""
         path = Path(path)
-        if path.exists():
-            index = cls.open(path)
-            wanted = {"model": model, "dim": str(dim), "quantization": "int8" if int8 else "float32"}
-            clash = {k: (index.meta[k], v) for k, v in wanted.items() if index.meta.get(k) != v}
-            if clash:
-                details = ", ".join(f"{k} {old!r} (asked {new!r})" for k, (old, new) in clash.items())
-                raise IndexFileError(f"{path} was built with {details}; write to a new index file.")
-            return index
+        wanted = {"dim": str(dim), "quantization": "int8" if int8 else "float32"}
+        if not path.exists():
+            cls._create_atomically(path, {**wanted, "model": model, "model_fingerprint": fingerprint})
+        index = cls.open(path)
+        clash = {k: (index.meta.get(k), v) for k, v in wanted.items() if index.meta.get(k) != v}
+        if clash:
+            details = ", ".join(f"{k} {old!r} (asked {new!r})" for k, (old, new) in clash.items())
+            raise IndexFileError(f"{path} was built with {details}; write to a new index file.")
+        index.check_model(fingerprint, model, "add to")
+        return index
+
+    @staticmethod
+    def _create_atomically(path: Path, fields: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path)
-        with db:
-            db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-            db.execute(
-                "CREATE TABLE items (path TEXT PRIMARY KEY, size INTEGER, mtime REAL, duration REAL, "
-                "embedding BLOB, scale REAL)"
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        partial = Path(name)
+        try:
+            db = sqlite3.connect(partial)
+            with db:
+                db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+                db.execute(
+                    "CREATE TABLE items (path TEXT PRIMARY KEY, size INTEGER, mtime REAL, duration REAL, "
+                    "embedding BLOB, scale REAL)"
+                )
+                meta = {"format": "wavlink-index", "version": FORMAT_VERSION, **fields,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+                db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            db.close()
+            try:
+                os.link(partial, path)  # atomic, and never replaces an index another process made meanwhile
+            except FileExistsError:
+                pass
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def check_model(self, fingerprint: str, model: str, action: str) -> None:
+        """Refuse a model whose weights differ from the ones this index was built with."""
+        recorded = self.meta.get("model_fingerprint")
+        if recorded is None:
+            raise IndexFileError(
+                f"{self.path} was written by an older wavlink-index that did not record the model's fingerprint, so "
+                f"it cannot be checked against {model!r}; rebuild it with wavlink-index --out NEW_FILE."
             )
-            meta = {
-                "format": "wavlink-index",
-                "version": FORMAT_VERSION,
-                "model": model,
-                "dim": str(dim),
-                "quantization": "int8" if int8 else "float32",
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-            db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-        return cls(path, db, meta)
+        if recorded != fingerprint:
+            raise IndexFileError(
+                f"cannot {action} {self.path} with {model!r}: its weights differ from those of the model the index was "
+                f"built with ({self.meta.get('model')!r}, fingerprint {recorded[:12]}, this one {fingerprint[:12]}). "
+                "Rebuild the index with this model (wavlink-index --out NEW_FILE), or pass --model with the same "
+                "weights."
+            )
 
     def known(self) -> dict[str, tuple[int, float]]:
         return {p: (s, m) for p, s, m in self.db.execute("SELECT path, size, mtime FROM items")}
 
     def add(self, rows: list[tuple[str, int, float, float]], vectors: np.ndarray) -> None:
-        """Insert or replace a batch in one transaction (all or nothing)."""
+        """Insert or replace a batch in one transaction (all or nothing). Every vector must be finite and
+        unit-norm."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(rows), self.dim):
+            raise ValueError(
+                f"{len(rows)} rows but embeddings of shape {vectors.shape}; expected ({len(rows)}, {self.dim})."
+            )
+        good = check_vectors(vectors, [r[0] for r in rows])
+        if len(good) != len(rows):
+            bad = sorted(set(range(len(rows))) - set(good))
+            raise ValueError(f"refusing to store {len(bad)} embedding(s) that are not finite and unit-norm, "
+                             f"e.g. for {rows[bad[0]][0]}.")  # fmt: skip
         if self.int8:
             codes, scales = quantize_int8(vectors)
             blobs = [c.tobytes() for c in codes]
@@ -178,14 +256,16 @@ def build_index(
 
     from ..loading import load_model_and_processor
 
+    positive("--batch_size", batch_size)
+    positive("--chunk", chunk)
     is_main = accelerator is None or accelerator.is_main_process
     files = find_audio(folder)
     wavlink, processor = load_model_and_processor(model)
-    dim = dim or wavlink.config.projection_dim
-    if dim not in wavlink.config.matryoshka_dims:
-        raise ValueError(
-            f"--dim {dim} is not a Matryoshka size of {model}; choose one of {wavlink.config.matryoshka_dims}."
-        )
+    try:
+        dim = check_matryoshka_dim(dim, wavlink.config)
+    except ValueError as error:
+        raise ValueError(f"--dim: {error}") from None
+    fingerprint = model_fingerprint(wavlink)
     device = accelerator.device if accelerator is not None else None
     embed = WavLinkEmbeddingPipeline(
         model=wavlink.to(device) if device is not None else wavlink,
@@ -193,7 +273,7 @@ def build_index(
         device=device if device is not None else -1,
     )
     model_ref = str(Path(model).resolve()) if Path(model).exists() else model  # searchable from any folder
-    index = AudioIndex.create(out, model_ref, dim, int8) if is_main else None
+    index = AudioIndex.create(out, model_ref, dim, int8, fingerprint) if is_main else None
     if accelerator is not None:
         accelerator.wait_for_everyone()
         index = index or AudioIndex.open(out)
@@ -219,13 +299,15 @@ def build_index(
                 continue
             rows.append((key, size, mtime, len(waveform) / SAMPLE_RATE))
             waveforms.append({"array": waveform, "sampling_rate": SAMPLE_RATE})
-        vectors = (
-            embed(
-                audio=waveforms, dim=dim, batch_size=batch_size, inference_precision=inference_precision, progress=False
-            )
-            if waveforms
-            else np.zeros((0, dim), np.float32)
-        )
+        vectors = np.zeros((0, dim), np.float32)
+        if waveforms:
+            vectors = embed(audio=waveforms, dim=dim, batch_size=batch_size, inference_precision=inference_precision,
+                            progress=False)  # fmt: skip
+            good = check_vectors(vectors, [r[0] for r in rows])
+            bad += [
+                f"{rows[i][0]}: its embedding is not finite and unit-norm" for i in range(len(rows)) if i not in good
+            ]
+            rows, vectors = [rows[i] for i in good], vectors[good]
         if accelerator is not None:
             gathered = gather_object([(rows, vectors, bad)])
         else:
@@ -265,11 +347,14 @@ def search(
 
     if (query is None) == (audio is None):
         raise ValueError("give a text query or --audio FILE (one of them).")
+    positive("-k", k)
     index = AudioIndex.open(index_path)
     paths, durations, matrix = index.load(progress=progress)
     if not paths:
         raise ValueError(f"index {index_path} is empty.")
-    wavlink, processor = load_model_and_processor(model or index.meta["model"])
+    model = model or index.meta["model"]
+    wavlink, processor = load_model_and_processor(model)
+    index.check_model(model_fingerprint(wavlink), model, "search")
     embed = WavLinkEmbeddingPipeline(model=wavlink, processor=processor, device=-1)
     vector = embed(audio=audio, dim=index.dim) if audio is not None else embed(text=query, dim=index.dim)
     norms = np.linalg.norm(matrix, axis=1)
@@ -295,7 +380,8 @@ def index_main(argv=None) -> int:
     parser.add_argument(
         "--int8", action="store_true", help="store int8 embeddings with a per-vector scale (4x smaller)"
     )
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--batch_size", type=int, default=16, help="clips per forward pass")
+    parser.add_argument("--chunk", type=int, default=64, help="files decoded and committed together (one transaction)")
     parser.add_argument(
         "--inference_precision", choices=("fp32", "bf16"), default=None, help="bf16: bfloat16 autocast while embedding"
     )
@@ -312,11 +398,12 @@ def index_main(argv=None) -> int:
             args.dim,
             args.int8,
             args.batch_size,
+            chunk=args.chunk,
             inference_precision=args.inference_precision,
             accelerator=accelerator if accelerator.num_processes > 1 else None,
             progress=not args.no_progress,
         )
-    except ValueError as error:
+    except (ValueError, OSError, sqlite3.Error) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if accelerator.is_main_process:
@@ -340,7 +427,7 @@ def search_main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         results = search(args.index, args.query, args.audio, args.k, args.model, progress=not args.no_progress)
-    except ValueError as error:
+    except (ValueError, OSError, sqlite3.Error) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     width = max(len(os.path.basename(p)) for _, p, _ in results)
