@@ -38,6 +38,21 @@ class WavLinkProcessor(ProcessorMixin):
         super().__init__(feature_extractor, tokenizer)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "WavLinkProcessor":
+        """Load a saved processor (folder or Hub id). The feature extractor and the tokenizer are loaded with their
+        own stock classes, so this never asks to run code from the folder, and `trust_remote_code` is not needed."""
+        kwargs.pop("trust_remote_code", None)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # The tokenizer's own class, by name: `AutoTokenizer` would read the folder's config.json, whose `auto_map`
+        # asks to run the folder's code.
+        from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
+
+        name = get_tokenizer_config(pretrained_model_name_or_path, **kwargs).get("tokenizer_class")
+        tokenizer_class = (tokenizer_class_from_name(name) if name else None) or AutoTokenizer
+        tokenizer = tokenizer_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls(feature_extractor, tokenizer)
+
+    @classmethod
     def from_towers(cls, audio_tower: str, text_tower: str, **kwargs) -> "WavLinkProcessor":
         """The processor matching `WavLinkModel.from_towers(audio_tower, text_tower)` (Hub ids or local paths)."""
         feature_extractor = WhisperFeatureExtractor.from_pretrained(audio_tower, **kwargs)

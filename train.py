@@ -359,7 +359,7 @@ def checkpoint_config(model_args: ModelArguments):
 
 def build_model_and_processor(model_args: ModelArguments, captions_for_tokenizer, config=None):
     """The model and processor to train. `config` is `checkpoint_config(model_args)` when starting from a checkpoint."""
-    from transformers import AutoProcessor, WhisperFeatureExtractor
+    from transformers import WhisperFeatureExtractor
 
     from configuration_wavlink import WavLinkConfig
     from modeling_wavlink import WavLinkModel
@@ -371,7 +371,7 @@ def build_model_and_processor(model_args: ModelArguments, captions_for_tokenizer
         # The installed WavLink classes load the checkpoint: no code from the folder runs.
         config = config or checkpoint_config(model_args)
         model = WavLinkModel.from_pretrained(model_args.model_name_or_path, config=config, dtype=torch.float32)
-        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+        processor = WavLinkProcessor.from_pretrained(model_args.model_name_or_path)
         return model, processor
     if model_args.audio_tower and model_args.text_tower:
         model = WavLinkModel.from_towers(

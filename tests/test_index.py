@@ -305,3 +305,24 @@ def test_index_creation_is_atomic_and_safe_to_race(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raced.index"]  # no half-made index
     assert AudioIndex.create(tmp_path / "crashed.index", "m", 4, False, "fp").meta["dim"] == "4"
+
+
+def test_opening_a_folder_or_an_index_runs_no_code_from_it(setup, tmp_path, monkeypatch):
+    from wavlink.loading import load_model_and_processor
+
+    sounds, model_dir = setup
+    planted = tmp_path / "planted"
+    shutil.copytree(model_dir, planted)
+    marker = tmp_path / "code-ran"
+    for module in ("configuration_wavlink.py", "modeling_wavlink.py", "processing_wavlink.py"):
+        source = (planted / module).read_text()
+        (planted / module).write_text(f"open({str(marker)!r}, 'a').write({module!r})\n" + source)
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("asked whether to run the folder's code"))
+    model, processor = load_model_and_processor(str(planted))
+    out = tmp_path / "planted.index"
+    build_index(sounds, str(planted), out, dim=8, progress=False)
+    assert search(out, query="a tone", k=1, progress=False)  # the model recorded in the index is loaded
+    assert not marker.exists(), "code from the model folder ran"
+    # asked for explicitly, remote code does run (so the check above can fail)
+    load_model_and_processor(str(planted), trust_remote_code=True)
+    assert marker.exists()

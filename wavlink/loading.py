@@ -1,16 +1,24 @@
-"""Load a saved WavLink model (full or LoRA adapter) and its processor, with clear errors."""
+"""Load a saved WavLink model (full or LoRA adapter) and its processor for the tools, with clear errors.
+
+The installed WavLink classes load every folder and Hub repo: no code from the folder runs, unless the caller asks
+for it with `trust_remote_code=True` (the tools' `--trust_remote_code`), which loads through the Auto classes and the
+folder's own `modeling_wavlink.py`.
+"""
 
 import json
 from pathlib import Path
 
 import torch
 
+TRUST_REMOTE_CODE_HELP = (
+    "load the model through the Auto classes and run the Python files of its folder or repo (off: the installed "
+    "WavLink classes load it, and no code from it runs)"
+)
 
-def load_model_and_processor(name_or_path: str, dtype: torch.dtype = torch.float32):
+
+def load_model_and_processor(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
     """A WavLink model and processor from a local folder or Hub id. A folder written by a LoRA run
     (`adapter_config.json` + `wavlink_base.json`) is loaded onto its base model."""
-    from transformers import AutoModel, AutoProcessor
-
     path = Path(name_or_path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"model {name_or_path!r} is a file; give the folder holding config.json (or a Hub id).")
@@ -19,10 +27,10 @@ def load_model_and_processor(name_or_path: str, dtype: torch.dtype = torch.float
         raise ValueError(f"model folder {name_or_path!r} does not exist.")
     try:
         if (path / "adapter_config.json").exists():
-            model = _load_adapter(path, dtype)
+            model = _load_adapter(path, dtype, trust_remote_code)
         else:
-            model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
+            model = _load_full(name_or_path, dtype, trust_remote_code)
+        processor = _load_processor(name_or_path, trust_remote_code)
     except OSError as error:
         raise ValueError(f"cannot load a WavLink model from {name_or_path!r}: {str(error).splitlines()[0]}") from None
     if getattr(model.config, "model_type", None) != "wavlink":
@@ -30,15 +38,38 @@ def load_model_and_processor(name_or_path: str, dtype: torch.dtype = torch.float
     return model.eval(), processor
 
 
-def _load_adapter(path: Path, dtype):
+def _load_full(name_or_path: str, dtype, trust_remote_code: bool):
+    if trust_remote_code:
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
+    from configuration_wavlink import WavLinkConfig
+    from modeling_wavlink import WavLinkModel
+
+    config_dict, _ = WavLinkConfig.get_config_dict(name_or_path)
+    if config_dict.get("model_type") != WavLinkConfig.model_type:
+        raise ValueError(f"{name_or_path!r} holds a {config_dict.get('model_type')!r} model, not WavLink.")
+    return WavLinkModel.from_pretrained(name_or_path, dtype=dtype)
+
+
+def _load_processor(name_or_path: str, trust_remote_code: bool):
+    if trust_remote_code:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
+    from processing_wavlink import WavLinkProcessor
+
+    return WavLinkProcessor.from_pretrained(name_or_path)
+
+
+def _load_adapter(path: Path, dtype, trust_remote_code: bool):
     from peft import PeftModel
-    from transformers import AutoModel
 
     from modeling_wavlink import WavLinkModel
 
     base = json.loads((path / "wavlink_base.json").read_text())
     if base.get("model_name_or_path"):
-        model = AutoModel.from_pretrained(base["model_name_or_path"], trust_remote_code=True, dtype=dtype)
+        model = _load_full(base["model_name_or_path"], dtype, trust_remote_code)
     else:
         config = base["config"]
         overrides = {

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from ..loading import TRUST_REMOTE_CODE_HELP
 from . import readers, tasks
 from .report import write_report
 
@@ -33,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--batch_size", type=int, default=16, help="clips per batch (texts: 4x)")
     common.add_argument("--dims", type=int, nargs="+", default=None, help="Matryoshka dims to score (default: all)")
+    common.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help=TRUST_REMOTE_CODE_HELP,
+    )
     common.add_argument(
         "--inference_precision",
         choices=("fp32", "bf16"),
@@ -69,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args, accelerator=None) -> dict:
     from ..loading import load_model_and_processor
 
-    model, processor = load_model_and_processor(args.model)
+    model, processor = load_model_and_processor(args.model, trust_remote_code=args.trust_remote_code)
     if accelerator is not None:
         model.to(accelerator.device)
     if args.dims:

@@ -28,6 +28,8 @@ import numpy as np
 from configuration_wavlink import check_matryoshka_dim
 from processing_wavlink import AUDIO_SUFFIXES, SAMPLE_RATE
 
+from ..loading import TRUST_REMOTE_CODE_HELP
+
 FORMAT_VERSION = "2"  # 2: the model fingerprint is recorded
 
 
@@ -246,6 +248,7 @@ def build_index(
     inference_precision: str | None = None,
     accelerator=None,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict:
     """Embed every new or changed audio file under `folder` into the index at `out`. Returns counts and failures."""
     from accelerate.utils import gather_object
@@ -260,7 +263,7 @@ def build_index(
     positive("--chunk", chunk)
     is_main = accelerator is None or accelerator.is_main_process
     files = find_audio(folder)
-    wavlink, processor = load_model_and_processor(model)
+    wavlink, processor = load_model_and_processor(model, trust_remote_code=trust_remote_code)
     try:
         dim = check_matryoshka_dim(dim, wavlink.config)
     except ValueError as error:
@@ -339,6 +342,7 @@ def search(
     k: int = 5,
     model: str | None = None,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> list[tuple[float, str, float]]:
     """Top-`k` `(score, path, duration)` for a text or an audio query (cosine similarity)."""
     from pipeline_wavlink import WavLinkEmbeddingPipeline
@@ -353,7 +357,7 @@ def search(
     if not paths:
         raise ValueError(f"index {index_path} is empty.")
     model = model or index.meta["model"]
-    wavlink, processor = load_model_and_processor(model)
+    wavlink, processor = load_model_and_processor(model, trust_remote_code=trust_remote_code)
     index.check_model(model_fingerprint(wavlink), model, "search")
     embed = WavLinkEmbeddingPipeline(model=wavlink, processor=processor, device=-1)
     vector = embed(audio=audio, dim=index.dim) if audio is not None else embed(text=query, dim=index.dim)
@@ -386,6 +390,11 @@ def index_main(argv=None) -> int:
         "--inference_precision", choices=("fp32", "bf16"), default=None, help="bf16: bfloat16 autocast while embedding"
     )
     parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help=TRUST_REMOTE_CODE_HELP,
+    )
     args = parser.parse_args(argv)
     from accelerate import Accelerator
 
@@ -402,6 +411,7 @@ def index_main(argv=None) -> int:
             inference_precision=args.inference_precision,
             accelerator=accelerator if accelerator.num_processes > 1 else None,
             progress=not args.no_progress,
+            trust_remote_code=args.trust_remote_code,
         )
     except (ValueError, OSError, sqlite3.Error) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -424,9 +434,17 @@ def search_main(argv=None) -> int:
     parser.add_argument("-k", type=int, default=5, help="number of results")
     parser.add_argument("--model", default=None, help="override the model recorded in the index")
     parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help=TRUST_REMOTE_CODE_HELP,
+    )
     args = parser.parse_args(argv)
     try:
-        results = search(args.index, args.query, args.audio, args.k, args.model, progress=not args.no_progress)
+        results = search(
+            args.index, args.query, args.audio, args.k, args.model, progress=not args.no_progress,
+            trust_remote_code=args.trust_remote_code,
+        )  # fmt: skip
     except (ValueError, OSError, sqlite3.Error) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
