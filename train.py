@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -240,10 +241,10 @@ class TrainArguments:
         default=None, metadata={"help": "A checkpoint folder, or 'latest' in output_dir."}
     )
     release_memory_steps: int = field(
-        default=1,
+        default=10,
         metadata={
-            "help": "Hand freed host memory back to the OS every N steps (0: never). Variable-length batches "
-            "otherwise leave the C allocator's heap fragmented and resident memory grows over a long run."
+            "help": "Hand freed host memory back to the OS every N steps (0: never). Variable-length batches otherwise "
+            "leave the C allocator's heap fragmented and resident memory grows over a long run."
         },
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes for decoding."})
@@ -513,8 +514,16 @@ def run_evaluation(model, processor, eval_data, accelerator, batch_size, dims):
 
 
 class JsonlLogger:
-    def __init__(self, path: Path, enabled: bool):
+    """Appends records to `log.jsonl` (main process only). A resumed run first drops the records past the step it
+    resumes from (the steps between the last checkpoint and the kill), so the log holds each step once."""
+
+    def __init__(self, path: Path, enabled: bool, resumed_step: int | None = None):
         self.path, self.enabled = path, enabled
+        if enabled and resumed_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= resumed_step]
+            partial = path.with_name(path.name + ".tmp")
+            partial.write_text("".join(line + "\n" for line in kept))
+            os.replace(partial, path)
 
     def __call__(self, record: dict):
         if self.enabled:
@@ -561,10 +570,14 @@ def train(argv=None):
 
     # 6. Resume.
     state = TrainerState()
-    accelerator.register_for_checkpointing(state)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume is not None:
+        # accelerate loads weights from safetensors and optimizer, scheduler and RNG states with torch's
+        # weights-only unpickler; the run's progress comes from JSON. (No object is registered with accelerate:
+        # it would be saved as a pickle and loaded with weights_only=False, so a crafted checkpoint could run code.)
+        refuse_pickled_objects(resume)
         accelerator.load_state(str(resume))
+        state.load_state_dict(json.loads((resume / "trainer_state.json").read_text()))
         logger.info("resumed from %s at step %d", resume, state.step)
     elif args.resume_from_checkpoint == "latest":
         logger.info("no checkpoint in %s yet; starting from scratch", args.output_dir)
@@ -577,7 +590,7 @@ def train(argv=None):
         config.loss_type, config.matryoshka_dims, accelerator.process_index, accelerator.num_processes
     )
     init_tracking(accelerator, base_model, model_args, data_args, args)
-    log_jsonl = JsonlLogger(output_dir / "log.jsonl", accelerator.is_main_process)
+    log_jsonl = JsonlLogger(output_dir / "log.jsonl", accelerator.is_main_process, state.step if resume else None)
     window = LogWindow(accelerator)
     evaluate = functools.partial(
         evaluate_and_log, accelerator, model, processor, eval_data, args, config.matryoshka_dims
@@ -636,6 +649,18 @@ def train(argv=None):
     if accelerator.is_main_process:
         report(last_results, final_dir, state, len(eval_data[0]) if eval_data else 0)
     return accelerator.unwrap_model(model), processor, final_dir
+
+
+def refuse_pickled_objects(checkpoint: Path) -> None:
+    """accelerate would load `custom_checkpoint_*.pkl` with `weights_only=False`, which runs any code a crafted file
+    holds. WavLink never writes them (WavLink 0.1 did, for the progress now kept in `trainer_state.json`)."""
+    pickles = sorted(p.name for p in checkpoint.glob("custom_checkpoint_*.pkl"))
+    if pickles:
+        raise ValueError(
+            f"--resume_from_checkpoint: {checkpoint} holds {', '.join(pickles)}, a pickle that loading would execute "
+            "and that WavLink does not need (its progress is in trainer_state.json). It is not loaded; delete it to "
+            "resume from this checkpoint."
+        )
 
 
 def check_run_options(data_args: DataArguments, args: TrainArguments) -> None:
@@ -861,28 +886,42 @@ def save_final(accelerator, model, processor, model_args: ModelArguments, output
     load them. LoRA runs save the adapter (with the trained WavLink heads) and, with --merge_lora, the merged model."""
     accelerator.wait_for_everyone()
     final_dir = output_dir / "final"
+    partial, previous = output_dir / "final.tmp", output_dir / "final.previous"
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
+        # Written beside, then renamed: a crash leaves the previous final/ (or none), never a half-written one.
+        for leftover in (partial, previous):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+        write_final(partial, unwrapped, processor, model_args)
         if final_dir.exists():
-            shutil.rmtree(final_dir)
-        unwrapped.save_pretrained(final_dir)
-        processor.save_pretrained(final_dir)
-        if model_args.finetune == "lora":
-            base = {
-                "model_name_or_path": model_args.model_name_or_path,
-                "audio_tower": model_args.audio_tower,
-                "text_tower": model_args.text_tower,
-                "config": unwrapped.get_base_model().config.to_dict(),
-            }
-            (final_dir / "wavlink_base.json").write_text(json.dumps(base, indent=2, default=str))
-            if model_args.merge_lora:
-                import copy
-
-                merged = copy.deepcopy(unwrapped).merge_and_unload()
-                merged.save_pretrained(final_dir / "merged")
-                processor.save_pretrained(final_dir / "merged")
+            os.replace(final_dir, previous)
+        os.replace(partial, final_dir)
+        if previous.exists():
+            shutil.rmtree(previous)
     accelerator.wait_for_everyone()
     return final_dir
+
+
+def write_final(final_dir: Path, unwrapped, processor, model_args: ModelArguments) -> None:
+    """The final model and processor in `final_dir`; LoRA runs add `wavlink_base.json` and, with --merge_lora,
+    `merged/`."""
+    unwrapped.save_pretrained(final_dir)
+    processor.save_pretrained(final_dir)
+    if model_args.finetune == "lora":
+        base = {
+            "model_name_or_path": model_args.model_name_or_path,
+            "audio_tower": model_args.audio_tower,
+            "text_tower": model_args.text_tower,
+            "config": unwrapped.get_base_model().config.to_dict(),
+        }
+        (final_dir / "wavlink_base.json").write_text(json.dumps(base, indent=2, default=str))
+        if model_args.merge_lora:
+            import copy
+
+            merged = copy.deepcopy(unwrapped).merge_and_unload()
+            merged.save_pretrained(final_dir / "merged")
+            processor.save_pretrained(final_dir / "merged")
 
 
 def report(results, final_dir: Path, state: TrainerState, num_clips: int) -> None:

@@ -406,6 +406,20 @@ def test_kill_and_resume_continues_exactly(tmp_path, synthetic):
     )
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     train.train([config, "--output_dir", str(reference_dir), "--save_total_limit", "20"])
+    # A checkpoint from a stranger may hold a crafted pickle where accelerate keeps custom objects: it is never loaded.
+    marker = tmp_path / "pickle-ran"
+    import pickle
+
+    class Crafted:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "ran"))
+
+    (reference_dir / "checkpoint-12" / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Crafted()))
+    with pytest.raises(ValueError, match="custom_checkpoint_0.pkl, a pickle that loading would execute"):
+        train.train([config, "--output_dir", str(tmp_path / "mid"), "--resume_from_checkpoint",
+                     str(reference_dir / "checkpoint-12")])  # fmt: skip
+    assert not marker.exists(), "resuming ran code from a pickle in the checkpoint"
+    (reference_dir / "checkpoint-12" / "custom_checkpoint_0.pkl").unlink()
     # Resuming mid-epoch (8 steps per epoch; step 12 is half-way through the second) continues exactly.
     _, _, mid_epoch = train.train(
         [
@@ -436,6 +450,8 @@ def test_kill_and_resume_continues_exactly(tmp_path, synthetic):
     _, _, final = train.train([config, "--output_dir", str(killed_dir), "--resume_from_checkpoint", "latest"])
 
     reference_log = {r["step"]: r for r in read_log(reference_dir) if "loss" in r}
+    resumed_steps = [r["step"] for r in read_log(killed_dir) if "loss" in r]
+    assert resumed_steps == list(range(1, 25)), "after a resume the log holds each step once"
     resumed_log = {r["step"]: r for r in read_log(killed_dir) if "loss" in r}
     first_resumed = int(resumed_from.name.split("-")[1]) + 1
     for step in range(first_resumed, 25):
@@ -589,3 +605,20 @@ def test_streaming_and_mixed_training_sets(tmp_path, synthetic):
     no_max_steps = write_config(tmp_path / "d.yaml", synthetic, save_steps=None)
     with pytest.raises(ValueError, match="--streaming needs --max_steps"):
         train.train([no_max_steps, "--output_dir", str(tmp_path / "x"), "--streaming", "true"])
+
+
+def test_final_model_is_written_beside_then_renamed(tmp_path, synthetic, monkeypatch):
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=1, save_steps=None, eval_file=None)
+    _, _, final = train.train([config, "--output_dir", str(tmp_path / "run")])
+    before = weights(final)
+
+    def crash(final_dir, *args):
+        Path(final_dir).mkdir()
+        (Path(final_dir) / "model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train, "write_final", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train.train([config, "--output_dir", str(tmp_path / "run"), "--max_steps", "2"])
+    for name, value in weights(final).items():  # the previous final model is whole and untouched
+        assert torch.equal(value, before[name]), name
