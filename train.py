@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from wavlink.training.checkpoints import TrainerState, resolve_resume, save_checkpoint
+from wavlink.training.checkpoints import TrainerState, check_resumed_arguments, resolve_resume, save_checkpoint
 from wavlink.training.memory import release_freed_memory
 from wavlink.training.regimes import apply_regime, count_parameters, parameter_groups
 
@@ -540,6 +540,9 @@ def train(argv=None):
     check_run_options(data_args, args)
     start_config = checkpoint_config(model_args) if model_args.model_name_or_path else None
     output_dir = Path(args.output_dir)
+    run_arguments = {**asdict(model_args), **asdict(data_args), **asdict(args)}
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    resumed_changes = check_resumed_arguments(resume, run_arguments) if resume is not None else []
 
     # 2. Processes, logging, seed.
     accelerator = make_accelerator(args, data_args.streaming)
@@ -570,7 +573,6 @@ def train(argv=None):
 
     # 6. Resume.
     state = TrainerState()
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume is not None:
         # accelerate loads weights from safetensors and optimizer, scheduler and RNG states with torch's
         # weights-only unpickler; the run's progress comes from JSON. (No object is registered with accelerate:
@@ -579,6 +581,8 @@ def train(argv=None):
         accelerator.load_state(str(resume))
         state.load_state_dict(json.loads((resume / "trainer_state.json").read_text()))
         logger.info("resumed from %s at step %d", resume, state.step)
+        for change in resumed_changes:
+            logger.info("applies from the resumed step on: %s", change)
     elif args.resume_from_checkpoint == "latest":
         logger.info("no checkpoint in %s yet; starting from scratch", args.output_dir)
 
@@ -629,7 +633,7 @@ def train(argv=None):
             if eval_data and args.eval_steps and state.step % args.eval_steps == 0 and state.step != max_steps:
                 last_results = evaluate(state, log_jsonl)
             if args.save_steps and state.step % args.save_steps == 0:
-                save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
+                save_checkpoint(accelerator, output_dir, state, args.save_total_limit, run_arguments)
             if state.step >= max_steps:
                 break
         else:

@@ -622,3 +622,25 @@ def test_final_model_is_written_beside_then_renamed(tmp_path, synthetic, monkeyp
         train.train([config, "--output_dir", str(tmp_path / "run"), "--max_steps", "2"])
     for name, value in weights(final).items():  # the previous final model is whole and untouched
         assert torch.equal(value, before[name]), name
+
+
+def test_resume_checks_what_it_resumes(tmp_path, synthetic, caplog):
+    import logging
+
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=4, save_steps=2, eval_file=None)
+    run = tmp_path / "run"
+    train.train([config, "--output_dir", str(run)])
+    checkpoint = str(run / "checkpoint-2")
+    assert json.loads((run / "checkpoint-2" / "run_arguments.json").read_text())["learning_rate"] == 1e-3
+    for flag, value in (("--learning_rate", "5e-4"), ("--projection_dim", "8"), ("--loss_type", "siglip"),
+                        ("--per_device_train_batch_size", "4")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{flag}: .* in the checkpoint, .* now.*cannot change in a resumed run"):
+            train.train(
+                [config, "--output_dir", str(tmp_path / "x"), "--resume_from_checkpoint", checkpoint, flag, value]
+            )
+    # changes that can apply do, and are logged: a longer run, another logging interval
+    with caplog.at_level(logging.INFO, logger="wavlink.train"):
+        train.train([config, "--output_dir", str(tmp_path / "longer"), "--resume_from_checkpoint", checkpoint,
+                     "--max_steps", "6", "--logging_steps", "2"])  # fmt: skip
+    assert "--max_steps: 4 -> 6" in caplog.text and "--logging_steps: 1 -> 2" in caplog.text
+    assert [r["step"] for r in read_log(tmp_path / "longer") if "loss" in r] == [4, 6]
