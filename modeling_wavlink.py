@@ -304,6 +304,12 @@ class WavLinkAudioEncoder(WhisperEncoder):
                 f"input_features must have shape (batch, {self.num_mel_bins}, frames), got "
                 f"{tuple(input_features.shape)}."
             )
+        finite = torch.isfinite(input_features).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten().tolist()
+            raise ValueError(
+                f"input_features of window(s) {bad[:5]} contain NaN or Inf; check the audio they came from."
+            )
         if input_features.shape[-1] > max_frames:
             raise ValueError(
                 f"input_features has {input_features.shape[-1]} frames; at most {max_frames} (30 s) fit the encoder. "

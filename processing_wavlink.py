@@ -109,6 +109,8 @@ class WavLinkProcessor(ProcessorMixin):
             texts = list(text)
         else:
             raise ValueError(f"text must be a string or a list of strings, got {type(text).__name__}.")
+        if not texts:
+            raise ValueError("text is an empty list: give at least one string.")
         for index, item in enumerate(texts):
             if not isinstance(item, str):
                 raise ValueError(f"text[{index}] must be a string, got {type(item).__name__}.")
@@ -188,7 +190,7 @@ def load_audio(item, sampling_rate: int | None, target_rate: int = SAMPLE_RATE, 
             rate = item.get("sampling_rate")
             if rate is None:
                 raise ValueError(f"{name}: dict has 'array' but no 'sampling_rate'.")
-            waveform, rate = _as_array(item["array"], name), int(rate)
+            waveform, rate = _as_array(item["array"], name), _check_rate(rate, name)
         elif item.get("bytes") is not None:
             waveform, rate = _decode(io.BytesIO(item["bytes"]), name)
         elif item.get("path") is not None:
@@ -204,7 +206,7 @@ def load_audio(item, sampling_rate: int | None, target_rate: int = SAMPLE_RATE, 
     elif _is_array(item):
         if sampling_rate is None:
             raise ValueError(f"{name}: a raw array needs `sampling_rate` (the rate it was recorded at).")
-        waveform, rate = _as_array(item, name), int(sampling_rate)
+        waveform, rate = _as_array(item, name), _check_rate(sampling_rate, name)
     else:
         raise ValueError(
             f"{name}: unsupported audio type {type(item).__name__}; give a path, an array with sampling_rate, "
@@ -250,9 +252,22 @@ def _is_array(item) -> bool:
     return isinstance(item, np.ndarray) or type(item).__module__.startswith("torch")
 
 
+def _check_rate(rate, name: str) -> int:
+    """A sampling rate must be a whole number of Hz, given as a number: "16000" or 16000.7 are refused, not coerced."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name}: sampling_rate must be a number of Hz, got {type(rate).__name__} {rate!r}.")
+    if float(rate) != int(rate):
+        raise ValueError(f"{name}: sampling_rate must be a whole number of Hz, got {rate!r}.")
+    return int(rate)
+
+
 def _as_array(item, name: str) -> np.ndarray:
     if type(item).__module__.startswith("torch"):
-        item = item.detach().cpu().numpy()
+        import torch
+
+        item = item.detach().cpu()
+        # numpy has no bfloat16: half-precision tensors are widened to float32 first
+        item = (item.float() if item.dtype in (torch.bfloat16, torch.float16) else item).numpy()
     if isinstance(item, list):
         item = np.asarray(item)
     if not isinstance(item, np.ndarray):

@@ -467,3 +467,11 @@ def test_audio_tower_is_a_module_of_its_own():
 def test_whisper_options_the_forward_cannot_honour_are_rejected():
     with pytest.raises(ValueError, match="encoder_layerdrop=0.1 is not supported"):
         tiny_model(audio_config=dict(tiny_config().audio_config.to_dict(), encoder_layerdrop=0.1))
+
+
+def test_non_finite_features_are_refused_at_the_models_door():
+    model, processor = tiny_model(), tiny_processor()
+    batch = processor(audio=[noise(0.5), noise(0.7, seed=1)], sampling_rate=16000)
+    batch["input_features"][1, 3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"window\(s\) \[1\] contain NaN or Inf"):
+        model.get_audio_features(**batch)

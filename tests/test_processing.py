@@ -155,3 +155,20 @@ def test_features_are_computed_on_the_requested_device(monkeypatch):
     on_device = processor(audio=clips, sampling_rate=16000, feature_device="cuda:0")
     assert devices == ["cuda:0", "cuda:0"]
     torch.testing.assert_close(on_device["input_features"], default["input_features"])
+
+
+def test_inputs_that_used_to_pass_silently_or_crash_get_named_errors():
+    import torch
+
+    processor = tiny_processor()
+    with pytest.raises(ValueError, match="text is an empty list"):
+        processor(text=[])
+    for rate in ("16000", 16000.7):
+        with pytest.raises(ValueError, match=r"audio\[0\]: sampling_rate must be a"):
+            processor(audio=[noise(0.5)], sampling_rate=rate)
+    with pytest.raises(ValueError, match=r"audio\[1\]: sampling_rate must be a whole number"):
+        processor(audio=[noise(0.5), {"array": noise(0.5), "sampling_rate": 8000.5}], sampling_rate=16000)
+    # whole-number floats are fine, and half-precision tensors are widened rather than refused
+    expected = processor(audio=[noise(0.5)], sampling_rate=16000)["input_features"]
+    got = processor(audio=[torch.from_numpy(noise(0.5)).bfloat16()], sampling_rate=16000.0)["input_features"]
+    assert got.shape == expected.shape and (got - expected).abs().max() < 0.05
