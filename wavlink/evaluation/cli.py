@@ -134,9 +134,12 @@ def main(argv=None) -> int:
     accelerator = Accelerator()
     try:
         report = run(args, accelerator if accelerator.num_processes > 1 else None)
+        accelerator.wait_for_everyone()  # finish together, then leave the process group cleanly
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        accelerator.end_training()
     if accelerator.is_main_process:
         print(report["table"])
         print(f"\nresults: {report['json']}\ntable:   {report['markdown']}\nplot:    {report['plot']}")

@@ -413,9 +413,14 @@ def index_main(argv=None) -> int:
             progress=not args.no_progress,
             trust_remote_code=args.trust_remote_code,
         )
+        # Every process finishes together and leaves the process group cleanly: a process that exits while gloo's
+        # threads still run aborts ("terminate called without an active exception") and fails the launch.
+        accelerator.wait_for_everyone()
     except (ValueError, OSError, sqlite3.Error) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        accelerator.end_training()
     if accelerator.is_main_process:
         print(
             f"{report['files']} audio files: {report['added']} embedded, {report['skipped_unchanged']} unchanged, "
