@@ -6,6 +6,7 @@ The audio libraries (soundfile for decoding, soxr for resampling) are imported w
 
 import io
 import os
+import warnings
 
 import numpy as np
 from transformers import AutoTokenizer, BatchFeature, WhisperFeatureExtractor
@@ -13,12 +14,18 @@ from transformers.processing_utils import ProcessorMixin
 
 # Whisper's feature rate: every clip is resampled to it.
 SAMPLE_RATE = 16000
+# A decoded file may fall this share short of the length its header announces before it counts as truncated.
+TRUNCATION_TOLERANCE = 0.02
 # Files decoded by soundfile's bundled libsndfile.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 AUDIO_PADDING = ("longest", "max_length")
 LONG_AUDIO = ("windows", "truncate")
 # A trailing window shorter than this is dropped when a long clip is split (it would add noise, not content).
 MIN_TRAILING_WINDOW_SECONDS = 1.0
+
+
+class TruncatedAudioWarning(UserWarning):
+    """A file decoded to less audio than its header announces (a partial download or copy)."""
 
 
 class WavLinkProcessor(ProcessorMixin):
@@ -179,11 +186,15 @@ class WavLinkProcessor(ProcessorMixin):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_audio(item, sampling_rate: int | None, target_rate: int = SAMPLE_RATE, name: str = "audio") -> np.ndarray:
+def load_audio(
+    item, sampling_rate: int | None, target_rate: int = SAMPLE_RATE, name: str = "audio", strict: bool = False
+) -> np.ndarray:
     """Decode one clip to a float32 mono waveform at `target_rate`.
 
     `item` is a path, a numpy/torch array (needs `sampling_rate`), or a dict with `array` + `sampling_rate`, or
-    `path` and/or `bytes`. Raises `ValueError` naming `name` when the clip is unreadable, empty or not finite.
+    `path` and/or `bytes`. Raises `ValueError` naming `name` when the clip is unreadable, empty or not finite. A file
+    that decodes to less than its header announces gives a `TruncatedAudioWarning` naming it, or, with `strict=True`,
+    a `ValueError`.
     """
     if isinstance(item, dict):
         if item.get("array") is not None:
@@ -192,17 +203,17 @@ def load_audio(item, sampling_rate: int | None, target_rate: int = SAMPLE_RATE, 
                 raise ValueError(f"{name}: dict has 'array' but no 'sampling_rate'.")
             waveform, rate = _as_array(item["array"], name), _check_rate(rate, name)
         elif item.get("bytes") is not None:
-            waveform, rate = _decode(io.BytesIO(item["bytes"]), name)
+            waveform, rate = _decode(io.BytesIO(item["bytes"]), name, strict)
         elif item.get("path") is not None:
-            waveform, rate = _decode(item["path"], name)
+            waveform, rate = _decode(item["path"], name, strict)
         else:
             raise ValueError(
                 f"{name}: dict needs 'array' and 'sampling_rate', or 'path' or 'bytes'; got keys {sorted(item)}."
             )
     elif isinstance(item, (str, os.PathLike)):
-        waveform, rate = _decode(item, name)
+        waveform, rate = _decode(item, name, strict)
     elif isinstance(item, (bytes, bytearray)):
-        waveform, rate = _decode(io.BytesIO(item), name)
+        waveform, rate = _decode(io.BytesIO(item), name, strict)
     elif _is_array(item):
         if sampling_rate is None:
             raise ValueError(f"{name}: a raw array needs `sampling_rate` (the rate it was recorded at).")
@@ -238,13 +249,21 @@ def split_windows(waveform: np.ndarray, window: int, min_trailing: int) -> list[
     return pieces
 
 
-def _decode(source, name: str) -> tuple[np.ndarray, int]:
+def _decode(source, name: str, strict: bool = False) -> tuple[np.ndarray, int]:
     import soundfile
 
     try:
-        waveform, rate = soundfile.read(source, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(source) as audio_file:
+            announced, rate = audio_file.frames, audio_file.samplerate
+            waveform = audio_file.read(dtype="float32", always_2d=True)
     except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError or OSError
         raise ValueError(f"{name}: cannot decode audio ({type(error).__name__}: {error}).") from error
+    if 0 < len(waveform) < announced * (1 - TRUNCATION_TOLERANCE):
+        decoded, expected = len(waveform) / rate, announced / rate
+        message = f"{name}: decoded {decoded:.2f} s of the {expected:.2f} s its header announces; it looks truncated."
+        if strict:
+            raise ValueError(message)
+        warnings.warn(message, TruncatedAudioWarning, stacklevel=3)
     return waveform.T, rate  # (channels, samples)
 
 

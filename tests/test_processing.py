@@ -172,3 +172,23 @@ def test_inputs_that_used_to_pass_silently_or_crash_get_named_errors():
     expected = processor(audio=[noise(0.5)], sampling_rate=16000)["input_features"]
     got = processor(audio=[torch.from_numpy(noise(0.5)).bfloat16()], sampling_rate=16000.0)["input_features"]
     assert got.shape == expected.shape and (got - expected).abs().max() < 0.05
+
+
+def test_a_truncated_file_warns_with_its_name_and_is_bad_in_training(fixtures, tmp_path):
+    import warnings
+
+    from processing_wavlink import TruncatedAudioWarning, load_audio
+    from wavlink.training.data import AudioCaptionDataset, load_caption_table
+
+    data = (fixtures / "audio" / "animals" / "owl.mp3").read_bytes()
+    (tmp_path / "cut.mp3").write_bytes(data[: len(data) // 2])
+    with pytest.warns(TruncatedAudioWarning, match=r"cut.mp3\): decoded 4.22 s of the 8.50 s its header announces"):
+        processor = tiny_processor()
+        processor(audio=[str(tmp_path / "cut.mp3")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncatedAudioWarning)
+        load_audio(str(fixtures / "audio" / "animals" / "owl.mp3"), None)  # the whole file: no warning
+    (tmp_path / "owl.mp3").write_bytes(data)
+    (tmp_path / "t.csv").write_text("audio,caption\ncut.mp3,an owl\nowl.mp3,an owl again\n")
+    item = AudioCaptionDataset(load_caption_table(str(tmp_path / "t.csv")), max_seconds=2.0)[0]
+    assert item["bad"] == 1 and "looks truncated" in item["errors"][0] and item["caption"] == "an owl again"

@@ -130,7 +130,7 @@ def decode_sample(row: dict, index: int, rng: np.random.Generator, max_samples: 
     """Decode one row: random crop to `max_samples`, one caption sampled from the cell."""
     name = describe_row(index, row["audio"])
     try:
-        waveform = load_audio(row["audio"], None, SAMPLE_RATE, name=name)
+        waveform = load_audio(row["audio"], None, SAMPLE_RATE, name=name, strict=True)  # a truncated file is bad
     except ValueError as error:
         raise BadSampleError(str(error)) from None
     captions = parse_captions(row["caption"], name)
