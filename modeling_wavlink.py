@@ -47,6 +47,9 @@ except ImportError:
     from pipeline_wavlink import WavLinkEmbeddingPipeline  # noqa: F401
 
 
+# Inference runs at most this many 30-s windows through the audio tower at once (long audio: bounded memory).
+WINDOWS_PER_PASS = 16
+
 # ----------------------------------------------------------------------------------------------------------------
 # Losses: functions of embeddings, so a trainer can call them on embeddings gathered across processes.
 # ----------------------------------------------------------------------------------------------------------------
@@ -436,12 +439,24 @@ class WavLinkModel(WavLinkPreTrainedModel):
 
         Returns:
             `BaseModelOutputWithPooling` whose `pooler_output` is the `(batch, dim)` L2-normalised embedding, and whose
-            `last_hidden_state` is the encoder's per-window output.
+            `last_hidden_state` is the encoder's per-window output. Without gradients, more than `WINDOWS_PER_PASS`
+            windows (long audio) run in passes of that many, so memory stays bounded however long the audio is;
+            `last_hidden_state` is then None (keeping every window's states is what would not fit).
         """
         dim = self._check_dim(dim)
+        num_windows = input_features.shape[0]
+        chunked = num_windows > WINDOWS_PER_PASS and not torch.is_grad_enabled()
+        starts = range(0, num_windows, WINDOWS_PER_PASS) if chunked else [0]
+        projected = []
         with self._inference_autocast(input_features.device):
-            audio_outputs = self.encode_audio(input_features, input_features_mask)
-            projected = self.audio_projection(audio_outputs.pooler_output).float()
+            for start in starts:
+                stop = start + WINDOWS_PER_PASS if chunked else num_windows
+                mask = None if input_features_mask is None else input_features_mask[start:stop]
+                audio_outputs = self.encode_audio(input_features[start:stop], mask)
+                projected.append(self.audio_projection(audio_outputs.pooler_output).float())
+        projected = torch.cat(projected) if chunked else projected[0]
+        if chunked:
+            audio_outputs.last_hidden_state = None
         if audio_window_counts is not None:
             projected = _average_windows(projected, audio_window_counts)
         audio_outputs.pooler_output = truncate_embeddings(projected, dim)
