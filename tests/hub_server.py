@@ -18,6 +18,7 @@ class _Repo:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.commits: list[str] = [hashlib.sha1(b"init").hexdigest()]
+        self.snapshots: dict[str, dict[str, bytes]] = {self.commits[0]: {}}  # the files at each commit
 
     @property
     def sha(self) -> str:
@@ -103,6 +104,7 @@ def _handler(state: HubState):
                         + str(len(repo.commits)).encode()
                     ).hexdigest()
                     repo.commits.append(sha)
+                    repo.snapshots[sha] = dict(repo.files)
                 return self._json(200, {"commitUrl": f"{self._base()}/{match.group(1)}/commit/{sha}", "commitOid": sha})
             return self._json(404, {"error": f"unhandled POST {path}"})
 
@@ -158,11 +160,13 @@ def _handler(state: HubState):
                 repo = self._repo(match.group(1))
                 if repo is None:
                     return self._not_found()
-                data = repo.files.get(match.group(3))
+                revision = match.group(2)
+                commit = revision if revision in repo.snapshots else repo.sha  # a commit, or a branch (main)
+                data = repo.snapshots.get(commit, repo.files).get(match.group(3))
                 if data is None:
                     return self._not_found("EntryNotFound")
                 etag = f'"{hashlib.sha256(data).hexdigest()}"'
-                return self._send(200, data, {"X-Repo-Commit": repo.sha, "ETag": etag}, "application/octet-stream")
+                return self._send(200, data, {"X-Repo-Commit": commit, "ETag": etag}, "application/octet-stream")
             return self._json(404, {"error": f"unhandled GET {path}"})
 
         def _base(self) -> str:

@@ -223,3 +223,45 @@ def test_embedding_pipeline_on_real_recordings(real_model, real_processor, anima
         pipe(text=["x"], dim=100)
     with pytest.raises(ValueError, match=r"audio\[1\]"):
         pipe(audio=[animal_files[0], "/no/such/file.wav"])
+
+
+def test_an_index_pins_the_hub_commit_of_its_model(hub, tmp_path):
+    from wavlink.training.synthetic import generate_dataset
+
+    data = generate_dataset(tmp_path / "data", num_train=0, num_eval=4, seed=2)
+    sounds = data["eval"].parent / "audio"
+    saved = tmp_path / "saved"
+    model, processor = tiny_model(seed=3), tiny_processor()
+    model.save_pretrained(saved)
+    processor.save_pretrained(saved)
+    push = f"""
+        from modeling_wavlink import WavLinkModel
+        from processing_wavlink import WavLinkProcessor
+        model = WavLinkModel.from_pretrained({str(saved)!r})
+        {{change}}
+        model.push_to_hub("me/wavlink-pinned")
+        WavLinkProcessor.from_pretrained({str(saved)!r}).push_to_hub("me/wavlink-pinned")
+        """
+    run_fresh(push.format(change="pass"), hub, tmp_path / "home", tmp_path)
+    out = tmp_path / "pinned.index"
+    run_fresh(
+        f"""
+        from wavlink.search.index import AudioIndex, build_index
+        build_index({str(sounds)!r}, "me/wavlink-pinned", {str(out)!r}, dim=8, progress=False)
+        print(AudioIndex.open({str(out)!r}).meta.get("model_revision"))
+        """,
+        hub,
+        tmp_path / "home",
+        tmp_path,
+    )
+    # the repo moves on: new weights in a new commit
+    run_fresh(push.format(change="model.audio_projection.weight.data.mul_(-1)"), hub, tmp_path / "home2", tmp_path)
+    search = f"""
+        from wavlink.search.index import search
+        print(search({str(out)!r}, query="a tone", k=2, progress=False{{model}})[0][1])
+        """
+    # the index loads the commit it was built with (a fresh cache, so nothing is reused), and searches
+    assert "wav" in run_fresh(search.format(model=""), hub, tmp_path / "home3", tmp_path)
+    # naming the repo explicitly takes its latest weights, which the fingerprint refuses
+    with pytest.raises(AssertionError, match="weights differ"):
+        run_fresh(search.format(model=', model="me/wavlink-pinned"'), hub, tmp_path / "home4", tmp_path)

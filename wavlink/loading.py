@@ -16,9 +16,12 @@ TRUST_REMOTE_CODE_HELP = (
 )
 
 
-def load_model_and_processor(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
-    """A WavLink model and processor from a local folder or Hub id. A folder written by a LoRA run
-    (`adapter_config.json` + `wavlink_base.json`) is loaded onto its base model."""
+def load_model_and_processor(
+    name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, revision: str | None = None
+):
+    """A WavLink model and processor from a local folder or Hub id (at `revision`, a branch, tag or commit, when
+    given). A folder written by a LoRA run (`adapter_config.json` + `wavlink_base.json`) is loaded onto its base
+    model."""
     path = Path(name_or_path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"model {name_or_path!r} is a file; give the folder holding config.json (or a Hub id).")
@@ -29,8 +32,8 @@ def load_model_and_processor(name_or_path: str, dtype: torch.dtype = torch.float
         if (path / "adapter_config.json").exists():
             model = _load_adapter(path, dtype, trust_remote_code)
         else:
-            model = _load_full(name_or_path, dtype, trust_remote_code)
-        processor = _load_processor(name_or_path, trust_remote_code)
+            model = _load_full(name_or_path, dtype, trust_remote_code, revision)
+        processor = _load_processor(name_or_path, trust_remote_code, revision)
     except OSError as error:
         raise ValueError(f"cannot load a WavLink model from {name_or_path!r}: {str(error).splitlines()[0]}") from None
     if getattr(model.config, "model_type", None) != "wavlink":
@@ -38,28 +41,28 @@ def load_model_and_processor(name_or_path: str, dtype: torch.dtype = torch.float
     return model.eval(), processor
 
 
-def _load_full(name_or_path: str, dtype, trust_remote_code: bool):
+def _load_full(name_or_path: str, dtype, trust_remote_code: bool, revision: str | None = None):
     if trust_remote_code:
         from transformers import AutoModel
 
-        return AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
+        return AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype, revision=revision)
     from configuration_wavlink import WavLinkConfig
     from modeling_wavlink import WavLinkModel
 
-    config_dict, _ = WavLinkConfig.get_config_dict(name_or_path)
+    config_dict, _ = WavLinkConfig.get_config_dict(name_or_path, revision=revision)
     if config_dict.get("model_type") != WavLinkConfig.model_type:
         raise ValueError(f"{name_or_path!r} holds a {config_dict.get('model_type')!r} model, not WavLink.")
-    return WavLinkModel.from_pretrained(name_or_path, dtype=dtype)
+    return WavLinkModel.from_pretrained(name_or_path, dtype=dtype, revision=revision)
 
 
-def _load_processor(name_or_path: str, trust_remote_code: bool):
+def _load_processor(name_or_path: str, trust_remote_code: bool, revision: str | None = None):
     if trust_remote_code:
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
+        return AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
     from processing_wavlink import WavLinkProcessor
 
-    return WavLinkProcessor.from_pretrained(name_or_path)
+    return WavLinkProcessor.from_pretrained(name_or_path, revision=revision)
 
 
 def _load_adapter(path: Path, dtype, trust_remote_code: bool):

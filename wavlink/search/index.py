@@ -57,6 +57,19 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
+def hub_commit(repo_id: str) -> str | None:
+    """The commit a Hub repo's main branch is at now, or None where the Hub cannot be asked (offline)."""
+    from huggingface_hub import model_info
+
+    try:
+        return model_info(repo_id).sha
+    except Exception as error:  # offline mode, no network, no such repo: the load that follows reports the latter
+        print(
+            f"warning: cannot resolve the commit of {repo_id!r} ({type(error).__name__}); not pinned.", file=sys.stderr
+        )
+        return None
+
+
 def check_vectors(vectors: np.ndarray, names: list[str]) -> list[int]:
     """Indices of rows that are finite and unit-norm (to 1e-3); the rest must never be stored."""
     finite = np.isfinite(vectors).all(axis=1)
@@ -110,7 +123,9 @@ class AudioIndex:
         return cls(path, db, meta)
 
     @classmethod
-    def create(cls, path, model: str, dim: int, int8: bool, fingerprint: str) -> "AudioIndex":
+    def create(
+        cls, path, model: str, dim: int, int8: bool, fingerprint: str, revision: str | None = None
+    ) -> "AudioIndex":
         """Open the index at `path` for adding, or create it. An existing index must have been built with the same
         model weights (`fingerprint`), dim and quantization. Creation is atomic: the tables and metadata are written
         to a temporary file that is then linked into place, so a crash leaves no half-made index, and of two
@@ -118,7 +133,8 @@ class AudioIndex:
         path = Path(path)
         wanted = {"dim": str(dim), "quantization": "int8" if int8 else "float32"}
         if not path.exists():
-            cls._create_atomically(path, {**wanted, "model": model, "model_fingerprint": fingerprint})
+            fields = {**wanted, "model": model, "model_fingerprint": fingerprint}
+            cls._create_atomically(path, {**fields, "model_revision": revision} if revision else fields)
         index = cls.open(path)
         clash = {k: (index.meta.get(k), v) for k, v in wanted.items() if index.meta.get(k) != v}
         if clash:
@@ -263,7 +279,9 @@ def build_index(
     positive("--chunk", chunk)
     is_main = accelerator is None or accelerator.is_main_process
     files = find_audio(folder)
-    wavlink, processor = load_model_and_processor(model, trust_remote_code=trust_remote_code)
+    # A Hub id is pinned to the commit it is loaded at: a later push to the repo does not change what the index means.
+    revision = None if Path(model).exists() else hub_commit(model)
+    wavlink, processor = load_model_and_processor(model, trust_remote_code=trust_remote_code, revision=revision)
     try:
         dim = check_matryoshka_dim(dim, wavlink.config)
     except ValueError as error:
@@ -276,7 +294,7 @@ def build_index(
         device=device if device is not None else -1,
     )
     model_ref = str(Path(model).resolve()) if Path(model).exists() else model  # searchable from any folder
-    index = AudioIndex.create(out, model_ref, dim, int8, fingerprint) if is_main else None
+    index = AudioIndex.create(out, model_ref, dim, int8, fingerprint, revision) if is_main else None
     if accelerator is not None:
         accelerator.wait_for_everyone()
         index = index or AudioIndex.open(out)
@@ -356,8 +374,10 @@ def search(
     paths, durations, matrix = index.load(progress=progress)
     if not paths:
         raise ValueError(f"index {index_path} is empty.")
+    # The model the index names is loaded at the Hub commit it was built with; --model is taken as given.
+    revision = None if model else index.meta.get("model_revision")
     model = model or index.meta["model"]
-    wavlink, processor = load_model_and_processor(model, trust_remote_code=trust_remote_code)
+    wavlink, processor = load_model_and_processor(model, trust_remote_code=trust_remote_code, revision=revision)
     index.check_model(model_fingerprint(wavlink), model, "search")
     embed = WavLinkEmbeddingPipeline(model=wavlink, processor=processor, device=-1)
     vector = embed(audio=audio, dim=index.dim) if audio is not None else embed(text=query, dim=index.dim)
