@@ -271,6 +271,11 @@ class TrainArguments:
         _check(self.learning_rate > 0, "learning_rate", "must be positive.")
         _check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1.")
         _check(self.save_total_limit >= 1, "save_total_limit", "must be >= 1.")
+        _check(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", "must be >= 1.")
+        _check(self.logging_steps >= 1, "logging_steps", "must be >= 1.")
+        _check(self.eval_steps is None or self.eval_steps >= 1, "eval_steps", "must be >= 1 (or left out).")
+        _check(self.save_steps is None or self.save_steps >= 0, "save_steps", "must be >= 0 (0 or left out: never).")
+        _check(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0.")
         _check(self.release_memory_steps >= 0, "release_memory_steps", "must be >= 0.")
         _check(not self.push_to_hub or bool(self.hub_model_id), "hub_model_id", "is required with --push_to_hub.")
         from transformers.trainer_utils import SchedulerType

@@ -301,3 +301,11 @@ def test_each_distinct_text_is_embedded_once_and_identical_texts_tie_exactly(sav
     with torch.no_grad():
         alone = text_features(**processor(text=["a rising sweep"])).pooler_output[0].numpy()
     np.testing.assert_allclose(embeds[1], alone, atol=1e-5)
+
+
+def test_batch_size_below_one_is_one_clear_error(corpus, saved_model, tmp_path, capsys):
+    table = write_clotho(corpus, corpus[0] / "clotho_batch.csv")
+    for size in ("0", "-2"):
+        argv = ["retrieval", "--model", str(saved_model), "--data", str(table), "--batch_size", size, "--no_progress"]
+        assert eval_cli.main(argv) == 2
+        assert f"batch_size must be a positive whole number, got {size}" in capsys.readouterr().err

@@ -91,6 +91,10 @@ def read_log(output_dir) -> list[dict]:
         (["--train_files", "/does/not/exist.csv"], "--train_files"),
         (["--audio_tower", "x"], "--audio_tower"),
         (["--push_to_hub", "true"], "--hub_model_id"),
+        (["--logging_steps", "0"], "--logging_steps"),
+        (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size"),
+        (["--eval_steps", "0"], "--eval_steps"),
+        (["--dataloader_num_workers", "-1"], "--dataloader_num_workers"),
     ],
 )
 def test_wrong_values_fail_before_weights_load_naming_the_option(tmp_path, synthetic, flags, needle, monkeypatch):

@@ -17,6 +17,8 @@ from ..training.data import clip_duration
 
 
 def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}.")
     order = np.argsort(-np.asarray(lengths, dtype=np.float64), kind="stable")
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
