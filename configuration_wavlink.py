@@ -28,6 +28,13 @@ def check_matryoshka_dim(dim: int | None, config) -> int:
     return dim
 
 
+def check_positive_size(name: str, value) -> int:
+    """`value` if it is a positive whole number (a batch size, a count); otherwise a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
+    return value
+
+
 def _check_choice(field: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(
@@ -149,6 +156,6 @@ class WavLinkConfig(PretrainedConfig):
             }
 
 
-__all__ = ["EMBEDDING_TASK", "WavLinkConfig", "check_matryoshka_dim"]
+__all__ = ["EMBEDDING_TASK", "WavLinkConfig", "check_matryoshka_dim", "check_positive_size"]
 
 WavLinkConfig.register_for_auto_class()

@@ -15,10 +15,10 @@ import torch
 from transformers import Pipeline
 
 try:
-    from .configuration_wavlink import check_matryoshka_dim
+    from .configuration_wavlink import check_matryoshka_dim, check_positive_size
     from .processing_wavlink import AUDIO_SUFFIXES, describe_audio, load_audio
 except ImportError:
-    from configuration_wavlink import check_matryoshka_dim
+    from configuration_wavlink import check_matryoshka_dim, check_positive_size
     from processing_wavlink import AUDIO_SUFFIXES, describe_audio, load_audio
 
 # A chunk of inputs is decoded, sorted by length and embedded in batches; chunks bound the memory of decoded audio.
@@ -66,8 +66,7 @@ class WavLinkEmbeddingPipeline(Pipeline):
         items = [items] if single else list(items)
         if not items:
             raise ValueError("Nothing to embed: the input list is empty.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}.")
+        check_positive_size("batch_size", batch_size)
         dim = self._check_dim(dim)
         if inference_precision not in (None, "fp32", "bf16"):
             raise ValueError(f"inference_precision={inference_precision!r} is not one of 'fp32', 'bf16'.")

@@ -598,7 +598,7 @@ def train(argv=None):
     contrastive_loss = DistributedContrastiveLoss(
         config.loss_type, config.matryoshka_dims, accelerator.process_index, accelerator.num_processes
     )
-    init_tracking(accelerator, base_model, model_args, data_args, args)
+    init_tracking(accelerator, base_model, run_arguments)
     log_jsonl = JsonlLogger(output_dir / "log.jsonl", accelerator.is_main_process, state.step if resume else None)
     window = LogWindow(accelerator)
     evaluate = functools.partial(
@@ -785,7 +785,7 @@ def make_optimizer_and_schedule(model, args: TrainArguments, max_steps: int):
     return optimizer, scheduler
 
 
-def init_tracking(accelerator, base_model, model_args, data_args, args) -> None:
+def init_tracking(accelerator, base_model, run_arguments: dict) -> None:
     if not accelerator.is_main_process:
         return
     # The model options as they apply (from the checkpoint where not given), not as typed.
@@ -793,8 +793,9 @@ def init_tracking(accelerator, base_model, model_args, data_args, args) -> None:
         name: getattr(base_model.config, name)
         for name in ("projection_dim", "matryoshka_dims", "loss_type", "audio_pooling", "text_pooling")
     }
-    run_config = {**asdict(model_args), **effective, **asdict(data_args), **asdict(args)}
-    flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in run_config.items()}
+    flat = {
+        k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in {**run_arguments, **effective}.items()
+    }
     accelerator.init_trackers("wavlink", config=flat)
 
 

@@ -301,6 +301,12 @@ def test_each_distinct_text_is_embedded_once_and_identical_texts_tie_exactly(sav
     with torch.no_grad():
         alone = text_features(**processor(text=["a rising sweep"])).pooler_output[0].numpy()
     np.testing.assert_allclose(embeds[1], alone, atol=1e-5)
+    # texts the (uncased) tokenizer cannot tell apart are one text too
+    rows_embedded.clear()
+    cased = embed_texts(
+        model, processor, ["White Noise", "a rising sweep", "white noise"], batch_size=1, progress=False
+    )
+    assert sum(rows_embedded) == 2 and np.array_equal(cased[0], cased[2])
 
 
 def test_batch_size_below_one_is_one_clear_error(corpus, saved_model, tmp_path, capsys):

@@ -10,10 +10,15 @@ from pathlib import Path
 
 import torch
 
-TRUST_REMOTE_CODE_HELP = (
-    "load the model through the Auto classes and run the Python files of its folder or repo (off: the installed "
-    "WavLink classes load it, and no code from it runs)"
-)
+
+def add_trust_remote_code_argument(parser) -> None:
+    """The tools' `--trust_remote_code` flag (off by default)."""
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="load the model through the Auto classes and run the Python files of its folder or repo (off: the "
+        "installed WavLink classes load it, and no code from it runs)",
+    )
 
 
 def load_model_and_processor(

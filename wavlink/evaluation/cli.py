@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from ..loading import TRUST_REMOTE_CODE_HELP
+from ..loading import add_trust_remote_code_argument
 from . import readers, tasks
 from .report import write_report
 
@@ -34,11 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--batch_size", type=int, default=16, help="clips per batch (texts: 4x)")
     common.add_argument("--dims", type=int, nargs="+", default=None, help="Matryoshka dims to score (default: all)")
-    common.add_argument(
-        "--trust_remote_code",
-        action="store_true",
-        help=TRUST_REMOTE_CODE_HELP,
-    )
+    add_trust_remote_code_argument(common)
     common.add_argument(
         "--inference_precision",
         choices=("fp32", "bf16"),

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from configuration_wavlink import check_positive_size
 from modeling_wavlink import inference_autocast, truncate_embeddings
 from processing_wavlink import SAMPLE_RATE, describe_audio, load_audio
 
@@ -17,8 +18,7 @@ from ..training.data import clip_duration
 
 
 def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}.")
+    check_positive_size("batch_size", batch_size)
     order = np.argsort(-np.asarray(lengths, dtype=np.float64), kind="stable")
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
@@ -99,13 +99,18 @@ def embed_clips(
 def embed_texts(model, processor, texts, batch_size=64, accelerator=None, progress=True, inference_precision=None):
     """`(len(texts), d)` L2-normalised text embeddings at full width.
 
-    Each distinct text is embedded once and its row reused: identical captions then tie exactly (embedded in
-    different padded batches they would differ by float noise, which the pessimistic tie rule turns into ranks),
-    and sets whose captions repeat embed faster."""
+    Each distinct token sequence is embedded once and its row reused: texts the tokenizer cannot tell apart (the
+    same caption, or one differing only in case for an uncased tokenizer) then tie exactly; embedded in different
+    padded batches they would differ by float noise, which the pessimistic tie rule turns into ranks. Sets whose
+    captions repeat also embed faster."""
     texts = list(texts)
-    unique = list(dict.fromkeys(texts))
-    row_of = {text: row for row, text in enumerate(unique)}
-    lengths = [len(ids) for ids in processor.tokenizer(unique, truncation=True)["input_ids"]]
+    keys = [tuple(ids) for ids in processor.tokenizer(texts, truncation=True)["input_ids"]]
+    row_of = {}  # token sequence -> row of the embedded texts
+    for key in keys:
+        row_of.setdefault(key, len(row_of))
+    first_text = dict(zip(reversed(keys), reversed(texts)))  # each sequence's first text
+    unique = [first_text[key] for key in row_of]
+    lengths = [len(key) for key in row_of]
 
     def make_inputs(batch, indices):
         return dict(processor(text=list(batch)))
@@ -121,7 +126,7 @@ def embed_texts(model, processor, texts, batch_size=64, accelerator=None, progre
         progress,
         inference_precision,
     )
-    return embeds[[row_of[text] for text in texts]]
+    return embeds[[row_of[key] for key in keys]]
 
 
 def at_dim(embeds: np.ndarray, dim: int) -> np.ndarray:

@@ -25,19 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from configuration_wavlink import check_matryoshka_dim
+from configuration_wavlink import check_matryoshka_dim, check_positive_size
 from processing_wavlink import AUDIO_SUFFIXES, SAMPLE_RATE
 
-from ..loading import TRUST_REMOTE_CODE_HELP
+from ..loading import add_trust_remote_code_argument
 
 FORMAT_VERSION = "2"  # 2: the model fingerprint is recorded
-
-
-def positive(name: str, value: int) -> int:
-    """`value` if it is a positive whole number; otherwise a ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
-    return value
 
 
 def model_fingerprint(model) -> str:
@@ -70,12 +63,11 @@ def hub_commit(repo_id: str) -> str | None:
         return None
 
 
-def check_vectors(vectors: np.ndarray, names: list[str]) -> list[int]:
-    """Indices of rows that are finite and unit-norm (to 1e-3); the rest must never be stored."""
+def storable(vectors: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows that are finite and unit-norm (to 1e-3): only those may be stored."""
     finite = np.isfinite(vectors).all(axis=1)
     norms = np.linalg.norm(np.where(finite[:, None], vectors, 0), axis=1)
-    good = finite & (np.abs(norms - 1) < 1e-3)
-    return [i for i in range(len(names)) if good[i]]
+    return finite & (np.abs(norms - 1) < 1e-3)
 
 
 class IndexFileError(ValueError):
@@ -195,9 +187,8 @@ class AudioIndex:
             raise ValueError(
                 f"{len(rows)} rows but embeddings of shape {vectors.shape}; expected ({len(rows)}, {self.dim})."
             )
-        good = check_vectors(vectors, [r[0] for r in rows])
-        if len(good) != len(rows):
-            bad = sorted(set(range(len(rows))) - set(good))
+        bad = np.flatnonzero(~storable(vectors))
+        if len(bad):
             raise ValueError(f"refusing to store {len(bad)} embedding(s) that are not finite and unit-norm, "
                              f"e.g. for {rows[bad[0]][0]}.")  # fmt: skip
         if self.int8:
@@ -275,8 +266,8 @@ def build_index(
 
     from ..loading import load_model_and_processor
 
-    positive("--batch_size", batch_size)
-    positive("--chunk", chunk)
+    check_positive_size("--batch_size", batch_size)
+    check_positive_size("--chunk", chunk)
     is_main = accelerator is None or accelerator.is_main_process
     files = find_audio(folder)
     # A Hub id is pinned to the commit it is loaded at: a later push to the repo does not change what the index means.
@@ -286,7 +277,7 @@ def build_index(
         dim = check_matryoshka_dim(dim, wavlink.config)
     except ValueError as error:
         raise ValueError(f"--dim: {error}") from None
-    fingerprint = model_fingerprint(wavlink)
+    fingerprint = model_fingerprint(wavlink) if is_main else None  # only the main process writes the index
     device = accelerator.device if accelerator is not None else None
     embed = WavLinkEmbeddingPipeline(
         model=wavlink.to(device) if device is not None else wavlink,
@@ -324,11 +315,9 @@ def build_index(
         if waveforms:
             vectors = embed(audio=waveforms, dim=dim, batch_size=batch_size, inference_precision=inference_precision,
                             progress=False)  # fmt: skip
-            good = check_vectors(vectors, [r[0] for r in rows])
-            bad += [
-                f"{rows[i][0]}: its embedding is not finite and unit-norm" for i in range(len(rows)) if i not in good
-            ]
-            rows, vectors = [rows[i] for i in good], vectors[good]
+            good = storable(vectors)
+            bad += [f"{row[0]}: its embedding is not finite and unit-norm" for row, ok in zip(rows, good) if not ok]
+            rows, vectors = [row for row, ok in zip(rows, good) if ok], vectors[good]
         if accelerator is not None:
             gathered = gather_object([(rows, vectors, bad)])
         else:
@@ -369,7 +358,7 @@ def search(
 
     if (query is None) == (audio is None):
         raise ValueError("give a text query or --audio FILE (one of them).")
-    positive("-k", k)
+    check_positive_size("-k", k)
     index = AudioIndex.open(index_path)
     paths, durations, matrix = index.load(progress=progress)
     if not paths:
@@ -410,11 +399,7 @@ def index_main(argv=None) -> int:
         "--inference_precision", choices=("fp32", "bf16"), default=None, help="bf16: bfloat16 autocast while embedding"
     )
     parser.add_argument("--no_progress", action="store_true")
-    parser.add_argument(
-        "--trust_remote_code",
-        action="store_true",
-        help=TRUST_REMOTE_CODE_HELP,
-    )
+    add_trust_remote_code_argument(parser)
     args = parser.parse_args(argv)
     from accelerate import Accelerator
 
@@ -459,11 +444,7 @@ def search_main(argv=None) -> int:
     parser.add_argument("-k", type=int, default=5, help="number of results")
     parser.add_argument("--model", default=None, help="override the model recorded in the index")
     parser.add_argument("--no_progress", action="store_true")
-    parser.add_argument(
-        "--trust_remote_code",
-        action="store_true",
-        help=TRUST_REMOTE_CODE_HELP,
-    )
+    add_trust_remote_code_argument(parser)
     args = parser.parse_args(argv)
     try:
         results = search(
