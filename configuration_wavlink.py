@@ -35,6 +35,13 @@ def check_positive_size(name: str, value) -> int:
     return value
 
 
+def check_worker_count(name: str, value) -> int:
+    """`value` if it is a whole number of worker processes, 0 or more; otherwise a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a whole number of workers, 0 or more, got {value!r}.")
+    return value
+
+
 def _check_choice(field: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(

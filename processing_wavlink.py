@@ -9,6 +9,7 @@ import os
 import warnings
 
 import numpy as np
+import torch
 from transformers import AutoTokenizer, BatchFeature, WhisperFeatureExtractor
 from transformers.processing_utils import ProcessorMixin
 
@@ -104,7 +105,10 @@ class WavLinkProcessor(ProcessorMixin):
         if text is not None:
             data.update(self._tokenize(text, return_tensors, **text_kwargs))
         if audio is not None:
-            data.update(self._featurize(audio, sampling_rate, padding, long_audio, str(feature_device or "cpu")))
+            features = self._featurize(audio, sampling_rate, padding, long_audio, feature_device or "cpu")
+            if return_tensors != "pt":
+                features = {k: v.cpu().numpy() for k, v in features.items()}
+            data.update(features)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ------------------------------------------------------------------ text
@@ -130,51 +134,86 @@ class WavLinkProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ audio
 
     def _featurize(self, audio, sampling_rate, padding, long_audio, device) -> dict:
+        clips = audio if _is_batch(audio) else [audio]
+        if len(clips) == 0:
+            raise ValueError("audio is an empty list.")
+        names = [describe_audio(clip, f"audio[{index}]") for index, clip in enumerate(clips)]
+        waveforms = [load_audio(clip, sampling_rate, SAMPLE_RATE, name=name) for clip, name in zip(clips, names)]
+        padded = self.pad_waveforms(waveforms, padding, long_audio)
+        return self.log_mel(**padded, device=device, with_mask=padding == "longest")
+
+    def pad_waveforms(self, waveforms: list[np.ndarray], padding: str = "longest", long_audio: str = "windows") -> dict:
+        """The host half of featurisation (cheap, run in DataLoader workers): 16-kHz clips cut into 30-s windows and
+        padded into one tensor for a single batched STFT in `log_mel`.
+
+        Each window is reflect-padded by half an STFT frame on both sides, as Whisper's centred STFT does, *before*
+        the windows are zero-padded to a common length: every frame a clip keeps then sees only its own samples, so
+        its features do not depend on the batch.
+
+        Returns `padded_waveforms` `(windows, samples + n_fft)` float32, `waveform_lengths` `(windows,)` and, when a
+        clip was split, `audio_window_counts` `(clips,)`.
+        """
         if padding not in AUDIO_PADDING:
             raise ValueError(f"padding={padding!r} is not valid; allowed values: {AUDIO_PADDING}.")
         if long_audio not in LONG_AUDIO:
             raise ValueError(f"long_audio={long_audio!r} is not valid; allowed values: {LONG_AUDIO}.")
-        clips = audio if _is_batch(audio) else [audio]
-        if len(clips) == 0:
-            raise ValueError("audio is an empty list.")
-        target_rate = self.feature_extractor.sampling_rate
-        window = self.feature_extractor.n_samples
+        extractor = self.feature_extractor
+        window = extractor.n_samples
         windows, counts = [], []
-        for index, clip in enumerate(clips):
-            waveform = load_audio(clip, sampling_rate, target_rate, name=describe_audio(clip, f"audio[{index}]"))
-            pieces = split_windows(waveform, window, int(MIN_TRAILING_WINDOW_SECONDS * target_rate))
+        for waveform in waveforms:
+            pieces = split_windows(waveform, window, int(MIN_TRAILING_WINDOW_SECONDS * SAMPLE_RATE))
             if long_audio == "truncate":
                 pieces = pieces[:1]
             windows.extend(pieces)
             counts.append(len(pieces))
-        data = self._log_mel(windows, padding, device)
+        if padding == "max_length":  # the paper's input: every window is 30 s of audio, zero-padded
+            windows = [np.pad(w, (0, window - len(w))) for w in windows]
+        half = extractor.n_fft // 2
+        lengths = [len(w) for w in windows]
+        padded = np.zeros((len(windows), max(lengths) + 2 * half), dtype=np.float32)
+        for row, w in enumerate(windows):
+            padded[row, : len(w) + 2 * half] = np.pad(w, half, mode="reflect")
+        data = {"padded_waveforms": torch.from_numpy(padded), "waveform_lengths": torch.tensor(lengths)}
         if any(c > 1 for c in counts):
-            data["audio_window_counts"] = np.asarray(counts, dtype=np.int64)
+            data["audio_window_counts"] = torch.tensor(counts)
         return data
 
-    def _log_mel(self, windows: list[np.ndarray], padding: str, device: str = "cpu") -> dict:
+    def log_mel(
+        self,
+        padded_waveforms: torch.Tensor,
+        waveform_lengths: torch.Tensor,
+        audio_window_counts: torch.Tensor | None = None,
+        device=None,
+        with_mask: bool = True,
+    ) -> dict:
+        """Whisper log-mel features of a whole batch in one STFT, on `device` (default: where the waveforms are).
+
+        Equal to Whisper's feature extractor run clip by clip, within float rounding, including its per-clip
+        dynamic-range clamp at (clip max - 8): the clamp is taken over each clip's own frames, never over the batch.
+
+        Returns `input_features` `(windows, mel_bins, frames)`, `input_features_mask` `(windows, frames)` (with
+        `with_mask`, the default) and `audio_window_counts` when given.
+        """
         extractor = self.feature_extractor
-        if padding == "max_length":
-            features = extractor(
-                windows, sampling_rate=extractor.sampling_rate, padding="max_length", return_tensors="np", device=device
-            )
-            return {"input_features": features["input_features"].astype(np.float32)}
-        # Each clip is featurised alone, then padded in the mel domain, so a clip's features (and embedding) do not
-        # depend on its batch: padding the waveform first would change the STFT's last frames and Whisper's
-        # per-clip dynamic-range clamp.
-        per_clip = [
-            extractor(w, sampling_rate=extractor.sampling_rate, padding="longest", return_tensors="np", device=device)[
-                "input_features"
-            ][0]
-            for w in windows
-        ]
-        frames = max(f.shape[-1] for f in per_clip)
-        input_features = np.zeros((len(per_clip), extractor.feature_size, frames), dtype=np.float32)
-        mask = np.zeros((len(per_clip), frames), dtype=np.int64)
-        for row, f in enumerate(per_clip):
-            input_features[row, :, : f.shape[-1]] = f
-            mask[row, : f.shape[-1]] = 1
-        return {"input_features": input_features, "input_features_mask": mask}
+        device = padded_waveforms.device if device is None else torch.device(device)
+        waveforms = padded_waveforms.to(device, torch.float32, non_blocking=True)
+        frames = waveform_lengths.to(device) // extractor.hop_length  # Whisper drops the STFT's last frame
+        window = torch.hann_window(extractor.n_fft, device=device)
+        stft = torch.stft(
+            waveforms, extractor.n_fft, extractor.hop_length, window=window, center=False, return_complex=True
+        )
+        power = stft[..., : int(frames.max())].abs() ** 2
+        mel_filters = torch.from_numpy(extractor.mel_filters).to(device, torch.float32)
+        log_spec = (mel_filters.T @ power).clamp(min=1e-10).log10()
+        mask = torch.arange(log_spec.shape[-1], device=device) < frames[:, None]
+        clip_max = log_spec.masked_fill(~mask[:, None, :], float("-inf")).amax(dim=(1, 2), keepdim=True)
+        log_spec = (torch.maximum(log_spec, clip_max - 8.0) + 4.0) / 4.0
+        data = {"input_features": log_spec * mask[:, None, :]}
+        if with_mask:
+            data["input_features_mask"] = mask.long()
+        if audio_window_counts is not None:
+            data["audio_window_counts"] = audio_window_counts.to(device)
+        return data
 
     @property
     def model_input_names(self):
@@ -237,6 +276,29 @@ def load_audio(
     if waveform.shape[0] < target_rate // 100:
         raise ValueError(f"{name}: audio is shorter than 10 ms ({waveform.shape[0]} samples at {target_rate} Hz).")
     return waveform
+
+
+def audio_duration(item, sampling_rate: int | None = None) -> float | None:
+    """Seconds of audio in `item` (a path, bytes, an array with `sampling_rate`, or a datasets-style dict) from its
+    length or its file header, without decoding; None when it cannot be told (the decoder will say why)."""
+    if isinstance(item, dict) and item.get("array") is not None:
+        item, sampling_rate = item["array"], item.get("sampling_rate")
+    if _is_array(item):
+        return len(item) / sampling_rate if sampling_rate and getattr(item, "ndim", 1) == 1 else None
+    source = item if isinstance(item, (str, os.PathLike, bytes, bytearray)) else None
+    if isinstance(item, dict):
+        source = item.get("bytes") or item.get("path")
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    if source is None:
+        return None
+    import soundfile
+
+    try:
+        info = soundfile.info(source)
+    except Exception:  # LibsndfileError, RuntimeError or OSError, by version
+        return None
+    return info.frames / info.samplerate
 
 
 def split_windows(waveform: np.ndarray, window: int, min_trailing: int) -> list[np.ndarray]:
@@ -324,4 +386,12 @@ def describe_audio(item, label: str) -> str:
 
 WavLinkProcessor.register_for_auto_class()
 
-__all__ = ["AUDIO_SUFFIXES", "SAMPLE_RATE", "WavLinkProcessor", "describe_audio", "load_audio", "split_windows"]
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "SAMPLE_RATE",
+    "WavLinkProcessor",
+    "audio_duration",
+    "describe_audio",
+    "load_audio",
+    "split_windows",
+]

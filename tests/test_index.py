@@ -87,22 +87,22 @@ def test_int8_index_is_smaller_and_ranks_alike(setup, tmp_path):
 def test_an_interrupted_run_keeps_what_it_wrote(setup, tmp_path, monkeypatch):
     sounds, model_dir = setup
     out = tmp_path / "partial.index"
-    from pipeline_wavlink import WavLinkEmbeddingPipeline
+    import pipeline_wavlink
 
-    real_call, calls = WavLinkEmbeddingPipeline.__call__, []
+    real_call, calls = pipeline_wavlink.iter_audio_embeddings, []
 
-    def crash_on_third_chunk(self, *args, **kwargs):
+    def crash_on_third_chunk(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_call(self, *args, **kwargs)
+        return real_call(*args, **kwargs)
 
-    monkeypatch.setattr(WavLinkEmbeddingPipeline, "__call__", crash_on_third_chunk)
+    monkeypatch.setattr(pipeline_wavlink, "iter_audio_embeddings", crash_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         build_index(sounds, str(model_dir), out, dim=8, chunk=3, progress=False)
     committed = sum(f.name != "corrupt.wav" for f in wavlink_index.find_audio(sounds)[:6])  # two chunks of 3 files
     assert len(AudioIndex.open(out)) == committed
-    monkeypatch.setattr(WavLinkEmbeddingPipeline, "__call__", real_call)
+    monkeypatch.setattr(pipeline_wavlink, "iter_audio_embeddings", real_call)
     report = build_index(sounds, str(model_dir), out, dim=8, chunk=3, progress=False)
     assert (
         report["added"] == 12 - committed
@@ -240,7 +240,7 @@ def test_batch_sizes_are_checked_at_the_door(setup):
 
 
 def test_only_finite_unit_vectors_are_stored(setup, tmp_path, monkeypatch):
-    from pipeline_wavlink import WavLinkEmbeddingPipeline
+    import pipeline_wavlink
 
     sounds, model_dir = setup
     index = AudioIndex.create(tmp_path / "v.index", "m", 4, False, "fingerprint")
@@ -249,9 +249,14 @@ def test_only_finite_unit_vectors_are_stored(setup, tmp_path, monkeypatch):
             index.add([("x.wav", 1, 1.0, 1.0)], np.asarray([vector], dtype=np.float32))
     assert len(index) == 0
     # a model that returns zero vectors: every file is reported, nothing is stored
-    monkeypatch.setattr(
-        WavLinkEmbeddingPipeline, "__call__", lambda self, audio, dim, **kw: np.zeros((len(audio), dim))
-    )
+    real_loop = pipeline_wavlink.iter_audio_embeddings
+
+    def zero_vectors(*args, **kwargs):
+        for batch in real_loop(*args, **kwargs):
+            batch.embeds[:] = 0
+            yield batch
+
+    monkeypatch.setattr(pipeline_wavlink, "iter_audio_embeddings", zero_vectors)
     report = build_index(sounds, str(model_dir), tmp_path / "zeros.index", dim=8, progress=False)
     assert report["added"] == 0 and report["total_in_index"] == 0
     assert sum("not finite and unit-norm" in f for f in report["failures"]) == 12

@@ -21,6 +21,42 @@ def add_trust_remote_code_argument(parser) -> None:
     )
 
 
+def add_device_arguments(parser, workers: bool = True) -> None:
+    """The tools' `--device` (and `--num_workers`) options."""
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="where the model runs: cuda, cuda:1, cpu, ... (default: CUDA if available, else CPU; under "
+        "`accelerate launch` each process uses its own device)",
+    )
+    if workers:
+        parser.add_argument(
+            "--num_workers",
+            type=int,
+            default=None,
+            help="DataLoader workers decoding audio beside the model (default: one per spare CPU core, at most 8; "
+            "0 decodes in the main process)",
+        )
+
+
+def resolve_device(name: str | None, accelerator=None) -> torch.device:
+    """The device a tool runs on: the accelerator's in a multi-process run, else `name`, else CUDA when available.
+    A named device that is not available fails here, naming the option."""
+    if accelerator is not None and accelerator.num_processes > 1:
+        return accelerator.device
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r} is not a device ({error}).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: no CUDA device is available here (use --device cpu).")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    return device
+
+
 def load_model_and_processor(
     name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, revision: str | None = None
 ):

@@ -5,6 +5,9 @@
     wavlink-eval multiple-choice --model me/wavlink-base --data air_bench.json
     accelerate launch -m wavlink.evaluation retrieval ...      # several processes or GPUs
 
+The model runs on `--device` (default: CUDA if available, else CPU) while `--num_workers` DataLoader workers decode
+the audio (default: one per spare CPU core).
+
 Every metric is computed at every Matryoshka dim and written as JSON, a Markdown table and a PNG plot under --out.
 """
 
@@ -12,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from ..loading import add_trust_remote_code_argument
+from ..loading import add_device_arguments, add_trust_remote_code_argument
 from . import readers, tasks
 from .report import write_report
 
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--batch_size", type=int, default=16, help="clips per batch (texts: 4x)")
     common.add_argument("--dims", type=int, nargs="+", default=None, help="Matryoshka dims to score (default: all)")
     add_trust_remote_code_argument(common)
+    add_device_arguments(common)
     common.add_argument(
         "--inference_precision",
         choices=("fp32", "bf16"),
@@ -69,11 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, accelerator=None) -> dict:
-    from ..loading import load_model_and_processor
+    from configuration_wavlink import check_worker_count
 
+    from ..loading import load_model_and_processor, resolve_device
+
+    device = resolve_device(args.device, accelerator)  # before loading: a wrong --device fails at once
+    if args.num_workers is not None:
+        check_worker_count("--num_workers", args.num_workers)
     model, processor = load_model_and_processor(args.model, trust_remote_code=args.trust_remote_code)
-    if accelerator is not None:
-        model.to(accelerator.device)
+    model.to(device)
     if args.dims:
         bad = [d for d in args.dims if d not in model.config.matryoshka_dims]
         if bad:
@@ -85,6 +93,7 @@ def run(args, accelerator=None) -> dict:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         inference_precision=args.inference_precision,
+        num_workers=args.num_workers,
         dims=args.dims,
     )
     extra = {}

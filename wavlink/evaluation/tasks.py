@@ -1,7 +1,7 @@
 """Evaluation tasks at every Matryoshka dim: audio-text retrieval, zero-shot classification, multiple choice.
 
 Every task takes `dims` (default: the model's Matryoshka sizes) and the embedding options of `Embedder`:
-`accelerator`, `batch_size`, `progress`, `inference_precision`.
+`accelerator`, `batch_size`, `progress`, `inference_precision`, `num_workers`. The model runs where it is.
 """
 
 import numpy as np
@@ -16,13 +16,17 @@ class Embedder:
     """Embeds clips and texts for a task: each item once, in length-sorted batches (texts in batches 4x larger),
     split across processes when an `accelerator` is given."""
 
-    def __init__(self, model, processor, accelerator=None, batch_size=16, progress=True, inference_precision=None):
+    def __init__(
+        self, model, processor, accelerator=None, batch_size=16, progress=True, inference_precision=None,
+        num_workers=None,
+    ):  # fmt: skip
         self.model, self.processor, self.accelerator = model, processor, accelerator
         self.batch_size, self.progress, self.inference_precision = batch_size, progress, inference_precision
+        self.num_workers = num_workers
 
     def audio(self, clips):
         return embed_clips(self.model, self.processor, clips, self.batch_size, self.accelerator, self.progress,
-                           self.inference_precision)  # fmt: skip
+                           self.inference_precision, num_workers=self.num_workers)  # fmt: skip
 
     def text(self, texts):
         return embed_texts(self.model, self.processor, texts, self.batch_size * 4, self.accelerator, self.progress,

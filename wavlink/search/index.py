@@ -3,11 +3,13 @@
     wavlink-index ./my_sounds --model me/wavlink-base --out sounds.index --dim 128 [--int8]
     wavlink-search sounds.index "a dog barking far away" -k 5
     wavlink-search sounds.index --audio query.wav -k 5
+    wavlink-index ./my_sounds ... --device cuda:1 --num_workers 12   # default: CUDA if available, workers per core
     accelerate launch -m wavlink.search ./big_collection --model ... --out big.index   # several GPUs
 
 The index is one SQLite file: the model it was built with (its path or Hub id and a fingerprint of its weights and
 config), the settings, and per file its path, size, mtime, duration and embedding (float32, or int8 with a
-per-vector scale). Files are embedded in chunks (`--chunk`, 64 by default), and each chunk is committed as one
+per-vector scale). Files are embedded in chunks (`--chunk`, 1024 by default; decoded by DataLoader workers while
+the model runs), and each chunk is committed as one
 transaction, so an interrupted run keeps every chunk written before it; re-indexing skips files whose path, size and
 mtime are unchanged. Unreadable files are reported and skipped. Only finite, unit-norm embeddings are stored. An
 index refuses to be searched or extended with a model whose fingerprint differs from the one it was built with.
@@ -25,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from configuration_wavlink import check_matryoshka_dim, check_positive_size
-from processing_wavlink import AUDIO_SUFFIXES, SAMPLE_RATE
+from configuration_wavlink import check_matryoshka_dim, check_positive_size, check_worker_count
+from processing_wavlink import AUDIO_SUFFIXES
 
-from ..loading import add_trust_remote_code_argument
+from ..loading import add_device_arguments, add_trust_remote_code_argument
 
 FORMAT_VERSION = "2"  # 2: the model fingerprint is recorded
 
@@ -256,18 +258,23 @@ def build_index(
     accelerator=None,
     progress: bool = True,
     trust_remote_code: bool = False,
+    device: str | None = None,
+    num_workers: int | None = None,
 ) -> dict:
-    """Embed every new or changed audio file under `folder` into the index at `out`. Returns counts and failures."""
+    """Embed every new or changed audio file under `folder` into the index at `out` (on `device`, default CUDA when
+    available, with `num_workers` decoding workers). Returns counts and failures."""
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    from pipeline_wavlink import WavLinkEmbeddingPipeline
-    from processing_wavlink import load_audio
+    from pipeline_wavlink import iter_audio_embeddings
 
-    from ..loading import load_model_and_processor
+    from ..loading import load_model_and_processor, resolve_device
 
     check_positive_size("--batch_size", batch_size)
     check_positive_size("--chunk", chunk)
+    if num_workers is not None:
+        check_worker_count("--num_workers", num_workers)
+    target_device = resolve_device(device, accelerator)  # before anything loads: a wrong --device fails at once
     is_main = accelerator is None or accelerator.is_main_process
     files = find_audio(folder)
     # A Hub id is pinned to the commit it is loaded at: a later push to the repo does not change what the index means.
@@ -278,12 +285,7 @@ def build_index(
     except ValueError as error:
         raise ValueError(f"--dim: {error}") from None
     fingerprint = model_fingerprint(wavlink) if is_main else None  # only the main process writes the index
-    device = accelerator.device if accelerator is not None else None
-    embed = WavLinkEmbeddingPipeline(
-        model=wavlink.to(device) if device is not None else wavlink,
-        processor=processor,
-        device=device if device is not None else -1,
-    )
+    wavlink.to(target_device)
     model_ref = str(Path(model).resolve()) if Path(model).exists() else model  # searchable from any folder
     index = AudioIndex.create(out, model_ref, dim, int8, fingerprint, revision) if is_main else None
     if accelerator is not None:
@@ -302,26 +304,20 @@ def build_index(
     bar = tqdm(total=len(todo), desc="indexing", disable=not (progress and is_main))
     for start in range(0, len(todo), chunk * world):
         mine = todo[start : start + chunk * world][rank::world]
-        rows, waveforms, bad = [], [], []
-        for key, size, mtime in mine:
-            try:
-                waveform = load_audio(key, None, SAMPLE_RATE, name=key)
-            except ValueError as error:
-                bad.append(str(error))
+        rows, vectors, bad = [], [], []
+        for batch in iter_audio_embeddings(
+            wavlink, processor, [key for key, _, _ in mine], dim, batch_size, num_workers=num_workers,
+            inference_precision=inference_precision, on_error="skip", label="file {}",
+        ):  # fmt: skip
+            bad += batch.failures
+            if not len(batch.indices):
                 continue
-            rows.append((key, size, mtime, len(waveform) / SAMPLE_RATE))
-            waveforms.append({"array": waveform, "sampling_rate": SAMPLE_RATE})
-        vectors = np.zeros((0, dim), np.float32)
-        if waveforms:
-            vectors = embed(audio=waveforms, dim=dim, batch_size=batch_size, inference_precision=inference_precision,
-                            progress=False)  # fmt: skip
-            good = storable(vectors)
-            bad += [f"{row[0]}: its embedding is not finite and unit-norm" for row, ok in zip(rows, good) if not ok]
-            rows, vectors = [row for row, ok in zip(rows, good) if ok], vectors[good]
-        if accelerator is not None:
-            gathered = gather_object([(rows, vectors, bad)])
-        else:
-            gathered = [(rows, vectors, bad)]
+            good = storable(batch.embeds)
+            bad += [f"{mine[i][0]}: its embedding is not finite and unit-norm" for i in batch.indices[~good]]
+            rows += [(*mine[i], float(seconds)) for i, seconds in zip(batch.indices[good], batch.seconds[good])]
+            vectors.append(batch.embeds[good])
+        vectors = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+        gathered = gather_object([(rows, vectors, bad)]) if accelerator is not None else [(rows, vectors, bad)]
         if is_main:
             for part_rows, part_vectors, part_bad in gathered:
                 if part_rows:
@@ -350,11 +346,13 @@ def search(
     model: str | None = None,
     progress: bool = True,
     trust_remote_code: bool = False,
+    device: str | None = None,
 ) -> list[tuple[float, str, float]]:
-    """Top-`k` `(score, path, duration)` for a text or an audio query (cosine similarity)."""
+    """Top-`k` `(score, path, duration)` for a text or an audio query (cosine similarity), the query embedded on
+    `device` (default CUDA when available)."""
     from pipeline_wavlink import WavLinkEmbeddingPipeline
 
-    from ..loading import load_model_and_processor
+    from ..loading import load_model_and_processor, resolve_device
 
     if (query is None) == (audio is None):
         raise ValueError("give a text query or --audio FILE (one of them).")
@@ -368,7 +366,7 @@ def search(
     model = model or index.meta["model"]
     wavlink, processor = load_model_and_processor(model, trust_remote_code=trust_remote_code, revision=revision)
     index.check_model(model_fingerprint(wavlink), model, "search")
-    embed = WavLinkEmbeddingPipeline(model=wavlink, processor=processor, device=-1)
+    embed = WavLinkEmbeddingPipeline(model=wavlink, processor=processor, device=resolve_device(device))
     vector = embed(audio=audio, dim=index.dim) if audio is not None else embed(text=query, dim=index.dim)
     norms = np.linalg.norm(matrix, axis=1)
     scores = matrix @ vector / np.where(norms == 0, 1, norms)
@@ -394,12 +392,15 @@ def index_main(argv=None) -> int:
         "--int8", action="store_true", help="store int8 embeddings with a per-vector scale (4x smaller)"
     )
     parser.add_argument("--batch_size", type=int, default=16, help="clips per forward pass")
-    parser.add_argument("--chunk", type=int, default=64, help="files decoded and committed together (one transaction)")
+    parser.add_argument(
+        "--chunk", type=int, default=1024, help="files embedded and committed together (one transaction)"
+    )
     parser.add_argument(
         "--inference_precision", choices=("fp32", "bf16"), default=None, help="bf16: bfloat16 autocast while embedding"
     )
     parser.add_argument("--no_progress", action="store_true")
     add_trust_remote_code_argument(parser)
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
     from accelerate import Accelerator
 
@@ -417,6 +418,8 @@ def index_main(argv=None) -> int:
             accelerator=accelerator if accelerator.num_processes > 1 else None,
             progress=not args.no_progress,
             trust_remote_code=args.trust_remote_code,
+            device=args.device,
+            num_workers=args.num_workers,
         )
         # Every process finishes together and leaves the process group cleanly: a process that exits while gloo's
         # threads still run aborts ("terminate called without an active exception") and fails the launch.
@@ -445,11 +448,12 @@ def search_main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="override the model recorded in the index")
     parser.add_argument("--no_progress", action="store_true")
     add_trust_remote_code_argument(parser)
+    add_device_arguments(parser, workers=False)
     args = parser.parse_args(argv)
     try:
         results = search(
             args.index, args.query, args.audio, args.k, args.model, progress=not args.no_progress,
-            trust_remote_code=args.trust_remote_code,
+            trust_remote_code=args.trust_remote_code, device=args.device,
         )  # fmt: skip
     except (ValueError, OSError, sqlite3.Error) as error:
         print(f"error: {error}", file=sys.stderr)

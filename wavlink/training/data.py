@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from processing_wavlink import SAMPLE_RATE, describe_audio, load_audio
+from processing_wavlink import SAMPLE_RATE, audio_duration, describe_audio, load_audio
 
 logger = logging.getLogger(__name__)
 
@@ -91,23 +91,6 @@ def _resolve(audio, root: str):
     return audio
 
 
-def clip_duration(clip) -> float:
-    """Seconds of audio in `clip` (a path, or a datasets-style dict) from its file header, without decoding;
-    0 when it cannot be read."""
-    import soundfile
-
-    if isinstance(clip, dict) and clip.get("array") is not None:
-        return len(clip["array"]) / clip["sampling_rate"]
-    path = clip if isinstance(clip, (str, os.PathLike)) else clip.get("path") if isinstance(clip, dict) else None
-    if path is None:
-        return 0.0
-    try:
-        info = soundfile.info(path)
-    except Exception:  # LibsndfileError, RuntimeError or OSError, by version
-        return 0.0
-    return info.frames / info.samplerate
-
-
 def parse_captions(cell, name: str) -> list[str]:
     """A caption cell holds one caption, a list of captions, or a JSON list encoded as a string."""
     if isinstance(cell, str) and cell.lstrip().startswith("["):
@@ -176,7 +159,7 @@ class AudioCaptionDataset(Dataset):
         if "duration" in self.table.column_names:
             return np.asarray(self.table["duration"], dtype=np.float64)
         # an unreadable file reads as 0 s: it is skipped at decode time, and any length groups it
-        return np.asarray([clip_duration(row["audio"]) for row in self.table.select_columns(["audio"])])
+        return np.asarray([audio_duration(row["audio"]) or 0.0 for row in self.table.select_columns(["audio"])])
 
 
 class StreamingAudioCaptionDataset(IterableDataset):
