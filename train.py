@@ -247,7 +247,13 @@ class TrainArguments:
             "leave the C allocator's heap fragmented and resident memory grows over a long run."
         },
     )
-    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes for decoding."})
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "DataLoader worker processes decoding audio beside the model (default: one per spare CPU core, "
+            "at most 8; 0: decode in the training process)."
+        },
+    )
     report_to: str = field(
         default="tensorboard", metadata={"help": "Accelerate tracker (tensorboard, wandb, ...) or 'none'."}
     )
@@ -275,7 +281,10 @@ class TrainArguments:
         _check(self.logging_steps >= 1, "logging_steps", "must be >= 1.")
         _check(self.eval_steps is None or self.eval_steps >= 1, "eval_steps", "must be >= 1 (or left out).")
         _check(self.save_steps is None or self.save_steps >= 0, "save_steps", "must be >= 0 (0 or left out: never).")
-        _check(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0.")
+        _check(
+            self.dataloader_num_workers is None or self.dataloader_num_workers >= 0, "dataloader_num_workers",
+            "must be >= 0 (or left out: one per spare CPU core).",
+        )  # fmt: skip
         _check(self.release_memory_steps >= 0, "release_memory_steps", "must be >= 0.")
         _check(not self.push_to_hub or bool(self.hub_model_id), "hub_model_id", "is required with --push_to_hub.")
         from transformers.trainer_utils import SchedulerType
@@ -610,6 +619,7 @@ def train(argv=None):
     while state.step < max_steps:
         for batch in epochs.batches(accelerator, loader, state):
             num_bad, num_samples = batch.pop("num_bad"), batch.pop("num_samples")
+            batch.update(log_mel_on_device(processor, batch))
             with accelerator.accumulate(model):
                 outputs = model(**batch)
                 loss, logit_scale = contrastive_loss(outputs), outputs.logit_scale.detach()
@@ -737,6 +747,7 @@ def make_train_loader(train_table, processor, data_args: DataArguments, args: Tr
     """Returns `(loader, epochs, steps_per_epoch)`; `steps_per_epoch` is None for a stream."""
     from torch.utils.data import DataLoader
 
+    from pipeline_wavlink import default_num_workers
     from wavlink.training.data import (
         AudioCaptionCollator,
         AudioCaptionDataset,
@@ -745,21 +756,29 @@ def make_train_loader(train_table, processor, data_args: DataArguments, args: Tr
     )
 
     collate = AudioCaptionCollator(processor)
-    workers = args.dataloader_num_workers
+    workers = default_num_workers() if args.dataloader_num_workers is None else args.dataloader_num_workers
+    # Workers decode, crop, resample and pad on the host; the log-mel is made on the model's device in `train`.
+    # (Not persistent: workers start each epoch from the dataset as `set_epoch` left it, so crops follow the epoch.)
+    options = dict(
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=accelerator.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
     if data_args.streaming:
         from datasets.distributed import split_dataset_by_node
 
         shard = split_dataset_by_node(train_table, rank=accelerator.process_index, world_size=accelerator.num_processes)
         dataset = StreamingAudioCaptionDataset(shard, data_args.max_audio_seconds, args.seed, data_args.shuffle_buffer)
         batch_size = args.per_device_train_batch_size
-        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers, drop_last=True)
+        loader = DataLoader(dataset, batch_size=batch_size, drop_last=True, **options)
         return loader, Epochs(dataset), None
     dataset = AudioCaptionDataset(train_table, data_args.max_audio_seconds, args.seed)
     lengths = dataset.durations() if args.group_by_length else [0.0] * len(dataset)
     # Global batches are drawn by one sampler and dealt to processes batch by batch, so the data order is the same
     # for any number of processes.
     sampler = LengthGroupedBatchSampler(lengths, args.per_device_train_batch_size, args.seed, args.group_by_length)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
+    loader = DataLoader(dataset, batch_sampler=sampler, **options)
     steps_per_epoch = len(sampler) // accelerator.num_processes // args.gradient_accumulation_steps
     if steps_per_epoch == 0:
         raise ValueError(
@@ -768,6 +787,14 @@ def make_train_loader(train_table, processor, data_args: DataArguments, args: Tr
             f"{args.gradient_accumulation_steps} accumulation)."
         )
     return loader, Epochs(dataset, sampler), steps_per_epoch
+
+
+def log_mel_on_device(processor, batch: dict) -> dict:
+    """The batch's log-mel features, made where its padded waveforms are (the accelerator's device): one batched STFT
+    instead of one per clip on the host."""
+    return processor.log_mel(
+        batch.pop("padded_waveforms"), batch.pop("waveform_lengths"), batch.pop("audio_window_counts", None)
+    )
 
 
 def make_optimizer_and_schedule(model, args: TrainArguments, max_steps: int):

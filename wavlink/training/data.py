@@ -241,16 +241,16 @@ class LengthGroupedBatchSampler:
 
 
 class AudioCaptionCollator:
-    """Turns decoded items into a model batch with the WavLink processor, carrying the bad-sample count."""
+    """Turns decoded items into a batch (in a DataLoader worker): captions tokenized, waveforms padded for one batched
+    log-mel STFT on the model's device (`WavLinkProcessor.log_mel`, called by the training loop); carries the
+    bad-sample count."""
 
     def __init__(self, processor):
         self.processor = processor
 
     def __call__(self, items: list[dict]) -> dict:
-        batch = self.processor(
-            audio=[i["waveform"] for i in items], sampling_rate=SAMPLE_RATE, text=[i["caption"] for i in items]
-        )
-        batch = dict(batch)
+        batch = dict(self.processor(text=[i["caption"] for i in items]))
+        batch.update(self.processor.pad_waveforms([i["waveform"] for i in items]))
         batch["num_bad"] = torch.tensor(sum(i["bad"] for i in items))
         batch["num_samples"] = torch.tensor(len(items) + int(batch["num_bad"]))
         errors = [e for i in items for e in i["errors"]]
