@@ -186,7 +186,9 @@ class WavLinkProcessor(ProcessorMixin):
         device=None,
         with_mask: bool = True,
     ) -> dict:
-        """Whisper log-mel features of a whole batch in one STFT, on `device` (default: where the waveforms are).
+        """Whisper log-mel features of a batch, on `device` (default: where the waveforms are): on an accelerator one
+        STFT for the whole batch; on the CPU one per window, over its own samples only (there padding costs more
+        than the batching saves).
 
         Equal to Whisper's feature extractor run clip by clip, within float rounding, including its per-clip
         dynamic-range clamp at (clip max - 8): the clamp is taken over each clip's own frames, never over the batch.
@@ -194,26 +196,45 @@ class WavLinkProcessor(ProcessorMixin):
         Returns `input_features` `(windows, mel_bins, frames)`, `input_features_mask` `(windows, frames)` (with
         `with_mask`, the default) and `audio_window_counts` when given.
         """
-        extractor = self.feature_extractor
         device = padded_waveforms.device if device is None else torch.device(device)
         waveforms = padded_waveforms.to(device, torch.float32, non_blocking=True)
-        frames = waveform_lengths.to(device) // extractor.hop_length  # Whisper drops the STFT's last frame
+        lengths = waveform_lengths.to(device)
+        if device.type == "cpu":
+            n_fft = self.feature_extractor.n_fft
+            rows = [
+                self._log_mel(waveforms[i : i + 1, : n + n_fft], lengths[i : i + 1])
+                for i, n in enumerate(lengths.tolist())
+            ]
+            longest = max(row.shape[-1] for row in rows)
+            log_spec = torch.cat([torch.nn.functional.pad(row, (0, longest - row.shape[-1])) for row in rows])
+        else:
+            log_spec = self._log_mel(waveforms, lengths)
+        data = {"input_features": log_spec}
+        if with_mask:
+            frames = lengths // self.feature_extractor.hop_length
+            data["input_features_mask"] = (torch.arange(log_spec.shape[-1], device=device) < frames[:, None]).long()
+        if audio_window_counts is not None:
+            data["audio_window_counts"] = audio_window_counts.to(device)
+        return data
+
+    def _log_mel(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """`(windows, mel_bins, frames)` log-mel of reflect-padded waveforms `(windows, samples + n_fft)`; frames past a
+        window's own length are zeros."""
+        extractor = self.feature_extractor
+        device = waveforms.device
+        frames = lengths // extractor.hop_length  # Whisper drops the centred STFT's last frame
         window = torch.hann_window(extractor.n_fft, device=device)
         stft = torch.stft(
             waveforms, extractor.n_fft, extractor.hop_length, window=window, center=False, return_complex=True
         )
-        power = stft[..., : int(frames.max())].abs() ** 2
+        stft = stft[..., : int(frames.max())]
+        power = (stft.real.square() + stft.imag.square()).contiguous()  # |z|^2 without abs's square root
         mel_filters = torch.from_numpy(extractor.mel_filters).to(device, torch.float32)
         log_spec = (mel_filters.T @ power).clamp(min=1e-10).log10()
         mask = torch.arange(log_spec.shape[-1], device=device) < frames[:, None]
         clip_max = log_spec.masked_fill(~mask[:, None, :], float("-inf")).amax(dim=(1, 2), keepdim=True)
         log_spec = (torch.maximum(log_spec, clip_max - 8.0) + 4.0) / 4.0
-        data = {"input_features": log_spec * mask[:, None, :]}
-        if with_mask:
-            data["input_features_mask"] = mask.long()
-        if audio_window_counts is not None:
-            data["audio_window_counts"] = audio_window_counts.to(device)
-        return data
+        return log_spec * mask[:, None, :]
 
     @property
     def model_input_names(self):

@@ -250,8 +250,9 @@ class TrainArguments:
     dataloader_num_workers: int | None = field(
         default=None,
         metadata={
-            "help": "DataLoader worker processes decoding audio beside the model (default: one per spare CPU core, "
-            "at most 8; 0: decode in the training process)."
+            "help": "DataLoader worker processes decoding audio beside the model (default: on a GPU one per spare "
+            "CPU core, at most 32; on a CPU 0, decoding in the training process, as the model's threads use every "
+            "core)."
         },
     )
     report_to: str = field(
@@ -756,7 +757,9 @@ def make_train_loader(train_table, processor, data_args: DataArguments, args: Tr
     )
 
     collate = AudioCaptionCollator(processor)
-    workers = default_num_workers() if args.dataloader_num_workers is None else args.dataloader_num_workers
+    workers = (
+        default_num_workers(accelerator.device) if args.dataloader_num_workers is None else args.dataloader_num_workers
+    )
     # Workers decode, crop, resample and pad on the host; the log-mel is made on the model's device in `train`.
     # (Not persistent: workers start each epoch from the dataset as `set_epoch` left it, so crops follow the epoch.)
     options = dict(

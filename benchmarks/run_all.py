@@ -21,6 +21,7 @@ SCRIPTS = [
     "bench_length_grouping.py",
     "bench_search.py",
     "bench_bf16.py",
+    "bench_end_to_end.py",
 ]
 
 

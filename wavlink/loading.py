@@ -34,8 +34,8 @@ def add_device_arguments(parser, workers: bool = True) -> None:
             "--num_workers",
             type=int,
             default=None,
-            help="DataLoader workers decoding audio beside the model (default: one per spare CPU core, at most 8; "
-            "0 decodes in the main process)",
+            help="DataLoader workers decoding audio beside the model (default: on a GPU one per spare CPU core, at "
+            "most 32; on a CPU 0, decoding in the main process, as the model's threads use every core)",
         )
 
 
