@@ -29,16 +29,17 @@ from transformers import Pipeline
 
 try:
     from .configuration_wavlink import check_matryoshka_dim, check_positive_size, check_worker_count
-    from .processing_wavlink import AUDIO_SUFFIXES, SAMPLE_RATE, audio_duration, describe_audio, load_audio
+    from .processing_wavlink import AUDIO_SUFFIXES, SAMPLE_RATE, audio_duration, describe_audio, is_array, load_audio
 except ImportError:
     from configuration_wavlink import check_matryoshka_dim, check_positive_size, check_worker_count
-    from processing_wavlink import AUDIO_SUFFIXES, SAMPLE_RATE, audio_duration, describe_audio, load_audio
+    from processing_wavlink import AUDIO_SUFFIXES, SAMPLE_RATE, audio_duration, describe_audio, is_array, load_audio
 
 # Inputs that arrive as a stream (a generator) are planned and embedded this many at a time.
 STREAM_CHUNK = 4096
 # DataLoader workers decoding audio beside a model on an accelerator: one per spare core, at most this many.
 MAX_DEFAULT_WORKERS = 32
 ON_ERROR = ("raise", "skip")
+MODALITIES = (None, "audio", "text")
 
 
 def default_num_workers(device) -> int:
@@ -257,8 +258,10 @@ def gather_embeddings(accelerator, batches: list[EmbeddedBatch], total: int, dim
 class WavLinkEmbeddingPipeline(Pipeline):
     """Embeds audio (paths, arrays with `sampling_rate`, datasets-style dicts) or text with a WavLink model.
 
-    Call with the inputs positionally, or with `audio=` / `text=`: a single item, a list, a `datasets.Dataset`
-    (its audio column) or column, or a generator. Options: `dim=` (a Matryoshka size), `batch_size=`,
+    Call with `audio=` / `text=`, or positionally (`modality="audio"|"text"` says which; without it, a string naming
+    an existing file is audio, other strings are text, a string with an audio suffix naming no file is an error):
+    a single item, a list, a 2-D array (one clip per row), a `datasets.Dataset` (its audio column) or column, or a
+    generator. Options: `dim=` (a Matryoshka size), `batch_size=`,
     `sampling_rate=`, `num_workers=` (decoding workers; default: one per spare core on a GPU, none on a CPU),
     `inference_precision="bf16"` (bfloat16 autocast; default: the config's) and `progress=`.
 
@@ -283,12 +286,17 @@ class WavLinkEmbeddingPipeline(Pipeline):
         num_workers=None,
         inference_precision=None,
         progress=None,
+        modality=None,
     ):
         if inputs is not None:
             if audio is not None or text is not None:
                 raise ValueError("Give the inputs positionally or as audio=/text=, not both.")
         elif (audio is None) == (text is None):
             raise ValueError("Give either audio=... or text=... (not both).")
+        if modality not in MODALITIES:
+            raise ValueError(f"modality={modality!r} is not one of {MODALITIES}.")
+        if modality is not None and inputs is None:
+            raise ValueError("modality= goes with positional inputs; audio=/text= already say which.")
         check_positive_size("batch_size", batch_size)
         if num_workers is not None:
             check_worker_count("num_workers", num_workers)
@@ -303,15 +311,17 @@ class WavLinkEmbeddingPipeline(Pipeline):
             progress=progress,
         )
         given = next(v for v in (inputs, audio, text) if v is not None)
-        modality = "audio" if audio is not None else "text" if text is not None else None
+        modality = "audio" if audio is not None else "text" if text is not None else modality
         if _is_stream(given):
             stream = _audio_column(given) if hasattr(given, "column_names") else given
             return self._stream(iter(stream), modality, options)
+        if is_array(given) and getattr(given, "ndim", 1) == 2:
+            given = list(given)  # a 2-D array is a batch, one clip per row, as the processor reads it
         single = not _is_sequence(given)
         items = [given] if single else _sequence_of(given)
         if not items:
             raise ValueError("Nothing to embed: the input is empty.")
-        embeds = self._embed(items, modality or _guess_modality(items[0]), options)
+        embeds = self._embed(items, modality or _modality_of(items), options)
         return embeds[0] if single else embeds
 
     def _embed(self, items, modality, options) -> np.ndarray:
@@ -340,7 +350,7 @@ class WavLinkEmbeddingPipeline(Pipeline):
             chunk = list(islice(stream, STREAM_CHUNK))
             if not chunk:
                 return
-            modality = modality or _guess_modality(chunk[0])
+            modality = modality or _modality_of(chunk)
             yield from self._embed(chunk, modality, {**options, "progress": False})
 
     # The Pipeline API's per-item steps (used when the pipeline is driven item by item by transformers' own loops).
@@ -348,7 +358,7 @@ class WavLinkEmbeddingPipeline(Pipeline):
         return {"sampling_rate": sampling_rate}, {"dim": dim}, {}
 
     def preprocess(self, inputs, sampling_rate=None):
-        if _guess_modality(inputs) == "text":
+        if _modality_of([inputs]) == "text":
             return dict(self.processor(text=[inputs]))
         return dict(self.processor(audio=[inputs], sampling_rate=sampling_rate))
 
@@ -361,9 +371,28 @@ class WavLinkEmbeddingPipeline(Pipeline):
         return model_outputs["embeds"][0].detach().float().cpu().numpy()
 
 
-def _guess_modality(item) -> str:
-    """A string is text unless it names an audio file; anything else is audio."""
-    return "text" if isinstance(item, str) and not item.lower().endswith(AUDIO_SUFFIXES) else "audio"
+def _modality_of(items) -> str:
+    """The modality of positional inputs, where it can be read without guessing: a string naming an existing file is
+    audio, any other string is text, anything else (arrays, dicts, bytes, decoders) is audio. A string with an audio
+    suffix that names no file is an error (a missing file, or text that looks like one), and so is a mix."""
+    kinds = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            kinds.add("audio")
+        elif os.path.isfile(item):
+            kinds.add("audio")
+        elif item.lower().endswith(AUDIO_SUFFIXES):
+            raise ValueError(
+                f"input {index} ({item!r}) looks like an audio file, but no such file exists; pass audio=[...] to "
+                "read it as audio (and see the error), or text=[...] / modality='text' to embed the string."
+            )
+        else:
+            kinds.add("text")
+    if len(kinds) > 1:
+        raise ValueError(
+            "the inputs mix audio and text; embed them in separate calls, with audio=[...] and text=[...]."
+        )
+    return kinds.pop()
 
 
 def _is_stream(value) -> bool:

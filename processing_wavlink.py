@@ -18,7 +18,13 @@ SAMPLE_RATE = 16000
 # A decoded file may fall this share short of the length its header announces before it counts as truncated.
 TRUNCATION_TOLERANCE = 0.02
 # Files decoded by soundfile's bundled libsndfile.
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+# Files decoded by PyAV (its bundled FFmpeg), the optional `av` extra.
+FFMPEG_SUFFIXES = (".m4a", ".aac", ".opus", ".webm")
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES + FFMPEG_SUFFIXES
+FFMPEG_INSTALL = "pip install 'wavlink[av]' (or: pip install av)"
+# A 2-D array inside a list or dict is one multi-channel clip; more channels than this on its short axis is refused.
+MAX_CHANNELS = 8
 AUDIO_PADDING = ("longest", "max_length")
 LONG_AUDIO = ("windows", "truncate")
 # A trailing window shorter than this is dropped when a long clip is split (it would add noise, not content).
@@ -75,24 +81,36 @@ class WavLinkProcessor(ProcessorMixin):
         audio=None,
         text: str | list[str] | None = None,
         sampling_rate: int | None = None,
-        padding: str = "longest",
+        padding: str | bool = "longest",
         long_audio: str = "windows",
         return_tensors: str | None = "pt",
         feature_device: str | None = None,
-        **text_kwargs,
+        *,
+        text_kwargs: dict | None = None,
+        audio_kwargs: dict | None = None,
+        common_kwargs: dict | None = None,
+        images_kwargs: dict | None = None,
+        videos_kwargs: dict | None = None,
+        **flat_text_kwargs,
     ) -> BatchFeature:
         """
         Args:
-            audio: one clip or a list of clips (see the class docstring for the accepted forms).
+            audio: one clip or a list of clips (see the class docstring for the accepted forms). A 2-D array given
+                directly is a batch, one clip per row, as Whisper's feature extractor reads it.
             text: one string or a list of strings. Truncated to the tokenizer's limit.
             sampling_rate: sampling rate of raw arrays (required for them; files and dicts carry their own).
-            padding: `"longest"` (default) pads log-mel frames to the longest clip and returns `input_features_mask`;
-                `"max_length"` pads every clip to 30 s, the paper's exact Whisper input, with no mask.
+            padding: `"longest"` (default, or True) pads log-mel frames to the longest clip and returns
+                `input_features_mask`; `"max_length"` pads every clip to 30 s, the paper's exact Whisper input, with
+                no mask.
             long_audio: audio longer than 30 s is split into 30-s `"windows"` (the model averages their embeddings;
                 `audio_window_counts` says how many windows each clip has) or `"truncate"`d to its first 30 s.
             return_tensors: `"pt"` (default) or `"np"`.
             feature_device: compute the log-mel spectrograms with torch on this device (e.g. `"cuda"`); default CPU.
-            text_kwargs: passed on to the tokenizer.
+            text_kwargs, audio_kwargs, common_kwargs: the nested form transformers v5 processors take (and
+                sentence-transformers uses): `audio_kwargs` may hold `sampling_rate`, `padding`, `long_audio`,
+                `feature_device`; `text_kwargs` goes to the tokenizer; `common_kwargs` may hold `return_tensors`.
+                They override the flat arguments.
+            flat_text_kwargs: passed on to the tokenizer.
 
         Returns:
             `BatchFeature` with `input_features` `(windows, mel_bins, frames)`, `input_features_mask`
@@ -101,11 +119,31 @@ class WavLinkProcessor(ProcessorMixin):
         """
         if audio is None and text is None:
             raise ValueError("WavLinkProcessor needs `audio`, `text` or both.")
+        for name, unused in (("images_kwargs", images_kwargs), ("videos_kwargs", videos_kwargs)):
+            if unused:
+                raise ValueError(f"WavLinkProcessor takes audio and text only; got {name}={unused!r}.")
+        audio_options = {"sampling_rate": sampling_rate, "padding": padding, "long_audio": long_audio,
+                         "feature_device": feature_device}  # fmt: skip
+        unknown = set(audio_kwargs or {}) - set(audio_options)
+        if unknown:
+            raise ValueError(
+                f"audio_kwargs {sorted(unknown)} are not WavLink audio options; allowed: {sorted(audio_options)}."
+            )
+        audio_options.update(audio_kwargs or {})
+        common = dict(common_kwargs or {})
+        return_tensors = common.pop("return_tensors", return_tensors)
+        text_options = {**flat_text_kwargs, **common, **(text_kwargs or {})}
         data = {}
         if text is not None:
-            data.update(self._tokenize(text, return_tensors, **text_kwargs))
+            data.update(self._tokenize(text, return_tensors, **text_options))
         if audio is not None:
-            features = self._featurize(audio, sampling_rate, padding, long_audio, feature_device or "cpu")
+            features = self._featurize(
+                audio,
+                audio_options["sampling_rate"],
+                "longest" if audio_options["padding"] is True else audio_options["padding"],
+                audio_options["long_audio"],
+                audio_options["feature_device"] or "cpu",
+            )
             if return_tensors != "pt":
                 features = {k: v.cpu().numpy() for k, v in features.items()}
             data.update(features)
@@ -134,6 +172,8 @@ class WavLinkProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ audio
 
     def _featurize(self, audio, sampling_rate, padding, long_audio, device) -> dict:
+        if is_array(audio) and getattr(audio, "ndim", 1) == 2:
+            audio = list(audio)  # a 2-D array given directly is a batch, one clip per row (as Whisper reads it)
         clips = audio if _is_batch(audio) else [audio]
         if len(clips) == 0:
             raise ValueError("audio is an empty list.")
@@ -251,10 +291,11 @@ def load_audio(
 ) -> np.ndarray:
     """Decode one clip to a float32 mono waveform at `target_rate`.
 
-    `item` is a path, a numpy/torch array (needs `sampling_rate`), or a dict with `array` + `sampling_rate`, or
-    `path` and/or `bytes`. Raises `ValueError` naming `name` when the clip is unreadable, empty or not finite. A file
-    that decodes to less than its header announces gives a `TruncatedAudioWarning` naming it, or, with `strict=True`,
-    a `ValueError`.
+    `item` is a path, a numpy/torch array (needs `sampling_rate`), a dict with `array` + `sampling_rate`, or
+    `path` and/or `bytes`, or a decoder object with `get_all_samples()` (torchcodec's `AudioDecoder`, what `datasets`
+    4+ gives with decoding on). wav/flac/ogg/mp3 decode with soundfile; m4a/aac/opus/webm with PyAV (the `av` extra).
+    Raises `ValueError` naming `name` when the clip is unreadable, empty or not finite. A file that decodes to less
+    than its header announces gives a `TruncatedAudioWarning` naming it, or, with `strict=True`, a `ValueError`.
     """
     if isinstance(item, dict):
         if item.get("array") is not None:
@@ -263,7 +304,7 @@ def load_audio(
                 raise ValueError(f"{name}: dict has 'array' but no 'sampling_rate'.")
             waveform, rate = _as_array(item["array"], name), _check_rate(rate, name)
         elif item.get("bytes") is not None:
-            waveform, rate = _decode(io.BytesIO(item["bytes"]), name, strict)
+            waveform, rate = _decode(io.BytesIO(item["bytes"]), name, strict, _suffix(item.get("path")))
         elif item.get("path") is not None:
             waveform, rate = _decode(item["path"], name, strict)
         else:
@@ -274,10 +315,15 @@ def load_audio(
         waveform, rate = _decode(item, name, strict)
     elif isinstance(item, (bytes, bytearray)):
         waveform, rate = _decode(io.BytesIO(item), name, strict)
-    elif _is_array(item):
+    elif is_array(item):
         if sampling_rate is None:
-            raise ValueError(f"{name}: a raw array needs `sampling_rate` (the rate it was recorded at).")
+            raise ValueError(
+                f"{name}: a raw array needs `sampling_rate` (the rate it was recorded at); pass sampling_rate=, or "
+                '{"array": x, "sampling_rate": rate}.'
+            )
         waveform, rate = _as_array(item, name), _check_rate(sampling_rate, name)
+    elif hasattr(item, "get_all_samples"):  # torchcodec's AudioDecoder, duck-typed: torchcodec stays optional
+        waveform, rate = _from_decoder(item, name)
     else:
         raise ValueError(
             f"{name}: unsupported audio type {type(item).__name__}; give a path, an array with sampling_rate, "
@@ -304,7 +350,7 @@ def audio_duration(item, sampling_rate: int | None = None) -> float | None:
     length or its file header, without decoding; None when it cannot be told (the decoder will say why)."""
     if isinstance(item, dict) and item.get("array") is not None:
         item, sampling_rate = item["array"], item.get("sampling_rate")
-    if _is_array(item):
+    if is_array(item):
         return len(item) / sampling_rate if sampling_rate and getattr(item, "ndim", 1) == 1 else None
     source = item if isinstance(item, (str, os.PathLike, bytes, bytearray)) else None
     if isinstance(item, dict):
@@ -313,6 +359,8 @@ def audio_duration(item, sampling_rate: int | None = None) -> float | None:
         source = io.BytesIO(source)
     if source is None:
         return None
+    if isinstance(source, (str, os.PathLike)) and _suffix(source) in FFMPEG_SUFFIXES:
+        return _av_duration(source)
     import soundfile
 
     try:
@@ -320,6 +368,16 @@ def audio_duration(item, sampling_rate: int | None = None) -> float | None:
     except Exception:  # LibsndfileError, RuntimeError or OSError, by version
         return None
     return info.frames / info.samplerate
+
+
+def _av_duration(path) -> float | None:
+    try:
+        import av
+
+        with av.open(os.fspath(path)) as container:
+            return container.duration / 1e6 if container.duration else None
+    except Exception:  # not installed, or unreadable: the decoder will say why
+        return None
 
 
 def split_windows(waveform: np.ndarray, window: int, min_trailing: int) -> list[np.ndarray]:
@@ -332,7 +390,13 @@ def split_windows(waveform: np.ndarray, window: int, min_trailing: int) -> list[
     return pieces
 
 
-def _decode(source, name: str, strict: bool = False) -> tuple[np.ndarray, int]:
+def _suffix(path) -> str:
+    return os.path.splitext(os.fspath(path))[1].lower() if isinstance(path, (str, os.PathLike)) else ""
+
+
+def _decode(source, name: str, strict: bool = False, suffix: str = "") -> tuple[np.ndarray, int]:
+    if (suffix or _suffix(source)) in FFMPEG_SUFFIXES:
+        return _decode_with_av(source, name, suffix or _suffix(source))
     import soundfile
 
     try:
@@ -350,8 +414,42 @@ def _decode(source, name: str, strict: bool = False) -> tuple[np.ndarray, int]:
     return waveform.T, rate  # (channels, samples)
 
 
-def _is_array(item) -> bool:
-    return isinstance(item, np.ndarray) or type(item).__module__.startswith("torch")
+def _decode_with_av(source, name: str, suffix: str) -> tuple[np.ndarray, int]:
+    try:
+        import av
+    except ImportError:
+        raise ValueError(
+            f"{name}: {suffix} files are decoded by PyAV, which is not installed; {FFMPEG_INSTALL}."
+        ) from None
+    try:
+        with av.open(source) as container:
+            if not container.streams.audio:
+                raise ValueError("no audio stream")
+            stream = container.streams.audio[0]
+            planar = av.AudioResampler(format="fltp")  # float32, one row per channel, at the stream's own rate
+            chunks = [out.to_ndarray() for frame in container.decode(stream) for out in planar.resample(frame)]
+            chunks += [out.to_ndarray() for out in planar.resample(None)]  # flush
+            rate = stream.rate
+    except Exception as error:  # av.error.FFmpegError and friends, by version
+        raise ValueError(f"{name}: cannot decode audio ({type(error).__name__}: {error}).") from error
+    if not chunks:
+        raise ValueError(f"{name}: audio is empty.")
+    return np.concatenate(chunks, axis=1), int(rate)
+
+
+def _from_decoder(decoder, name: str) -> tuple[np.ndarray, int]:
+    try:
+        samples = decoder.get_all_samples()
+        return _as_array(samples.data, name), _check_rate(samples.sample_rate, name)
+    except ValueError:
+        raise
+    except Exception as error:  # whatever the decoder raises
+        raise ValueError(f"{name}: cannot decode audio ({type(error).__name__}: {error}).") from error
+
+
+def is_array(item) -> bool:
+    """A numpy array or a torch tensor (by module, so torch is not imported for it; not torchcodec's objects)."""
+    return isinstance(item, np.ndarray) or type(item).__module__.split(".")[0] == "torch"
 
 
 def _check_rate(rate, name: str) -> int:
@@ -364,7 +462,7 @@ def _check_rate(rate, name: str) -> int:
 
 
 def _as_array(item, name: str) -> np.ndarray:
-    if type(item).__module__.startswith("torch"):
+    if type(item).__module__.split(".")[0] == "torch":
         import torch
 
         item = item.detach().cpu()
@@ -386,8 +484,16 @@ def _to_mono_float(waveform: np.ndarray, name: str) -> np.ndarray:
     elif waveform.dtype.kind != "f":
         raise ValueError(f"{name}: audio samples must be numbers, got dtype {waveform.dtype}.")
     if waveform.ndim == 2:
-        # Channels are the short axis: (channels, samples) as torchaudio gives, or (samples, channels) as soundfile.
+        # One multi-channel clip. Channels are the short axis: (channels, samples) as torchaudio gives, or
+        # (samples, channels) as soundfile. An array whose short axis is longer than a channel count could be is more
+        # likely a batch of clips, and is refused rather than averaged into one clip.
         channel_axis = 0 if waveform.shape[0] <= waveform.shape[1] else 1
+        if waveform.shape[channel_axis] > MAX_CHANNELS:
+            raise ValueError(
+                f"{name}: a 2-D array here is one multi-channel clip, (channels, samples) or (samples, channels) with "
+                f"at most {MAX_CHANNELS} channels; shape {waveform.shape} cannot be read safely. For a batch, pass a "
+                "list of 1-D clips (or the 2-D array itself as `audio=`, one clip per row)."
+            )
         waveform = waveform.mean(axis=channel_axis)
     elif waveform.ndim != 1:
         raise ValueError(f"{name}: audio must be 1-D (mono) or 2-D (multi-channel), got shape {waveform.shape}.")
@@ -409,10 +515,12 @@ WavLinkProcessor.register_for_auto_class()
 
 __all__ = [
     "AUDIO_SUFFIXES",
+    "FFMPEG_SUFFIXES",
     "SAMPLE_RATE",
     "WavLinkProcessor",
     "audio_duration",
     "describe_audio",
+    "is_array",
     "load_audio",
     "split_windows",
 ]
