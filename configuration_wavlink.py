@@ -86,6 +86,9 @@ class WavLinkConfig(PretrainedConfig):
             `"bf16"` runs the towers under bfloat16 autocast when the model is not training (fast on CPUs with
             AVX512-BF16/AMX and on GPUs; measured 1.6-2.1x faster on an AVX512-BF16 CPU, cosine >= 0.9999 to fp32).
             Embeddings are returned in float32 either way.
+        base_models (`list[str]`, *optional*):
+            Where the weights started: the pretrained towers (set by `WavLinkModel.from_towers`), or the checkpoint
+            a run fine-tuned (set by `train.py --model_name_or_path`). Model cards list them as `base_model`.
     """
 
     model_type = "wavlink"
@@ -106,6 +109,7 @@ class WavLinkConfig(PretrainedConfig):
     text_pooling: str | None = None
     initializer_range: float = 0.02
     inference_precision: str = "fp32"
+    base_models: list[str] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

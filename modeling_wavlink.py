@@ -588,6 +588,7 @@ class WavLinkModel(WavLinkPreTrainedModel):
         text_model, clip_projection = _load_text_tower(text_tower, dtype)
         if projection_dim is None:
             projection_dim = clip_projection.out_features if clip_projection is not None else 512
+        config_kwargs.setdefault("base_models", [str(audio_tower), str(text_tower)])
         config = WavLinkConfig(
             audio_config=audio_model.config.to_dict(),
             text_config=text_model.config.to_dict(),

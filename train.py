@@ -386,6 +386,7 @@ def build_model_and_processor(model_args: ModelArguments, captions_for_tokenizer
     if model_args.model_name_or_path:
         # The installed WavLink classes load the checkpoint: no code from the folder runs.
         config = config or checkpoint_config(model_args)
+        config.base_models = [model_args.model_name_or_path]  # fine-tuned from this checkpoint (the card's base_model)
         model = WavLinkModel.from_pretrained(model_args.model_name_or_path, config=config, dtype=torch.float32)
         processor = WavLinkProcessor.from_pretrained(model_args.model_name_or_path)
         return model, processor

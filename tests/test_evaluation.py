@@ -43,7 +43,7 @@ def saved_model(tmp_path_factory, corpus):
     _, rows = corpus
     captions = [c for r in rows for c in json.loads(r["caption"])] + CAPTION_WORDS
     folder = tmp_path_factory.mktemp("model")
-    model = tiny_model(seed=3)
+    model = tiny_model(seed=3, base_models=["openai/whisper-tiny.en", "sentence-transformers/all-MiniLM-L6-v2"])
     processor = tiny_processor(captions)
     model.text_model.resize_token_embeddings(len(processor.tokenizer))
     model.config.text_config.vocab_size = len(processor.tokenizer)
@@ -155,6 +155,9 @@ def test_esc50_layout_end_to_end_with_fold_filter(corpus, saved_model, tmp_path)
     card = ModelCard.load(saved_model / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "zero-shot-audio-classification"
     assert {r.metric_type for r in card.data.eval_results} == {"top1_accuracy", "top5_accuracy"}
+    assert {r.task_type for r in card.data.eval_results} == {"zero-shot-audio-classification"}  # a Hub task id
+    assert card.data.base_model == ["openai/whisper-tiny.en", "sentence-transformers/all-MiniLM-L6-v2"]
+    assert card.data.language == "en"
     assert "## Limitations" in card.text and "trust_remote_code=True" in card.text
 
 

@@ -12,6 +12,7 @@ import torch
 import yaml
 from conftest import ROOT, TINY_CAPTIONS, noise, tiny_model, tiny_processor
 from hub_server import LocalHub
+from huggingface_hub import ModelCard
 
 from pipeline_wavlink import WavLinkEmbeddingPipeline
 
@@ -149,6 +150,7 @@ def test_wavlink_push_writes_a_model_card_and_pushes_lora_adapters(hub, tmp_path
         [str(tmp_path / "lora.yaml"), "--output_dir", str(tmp_path / "lora")]
     )
 
+    assert lora_model.get_base_model().config.base_models == [str(base_final)]  # the parent, not its towers
     from wavlink.hub.push import main as push
 
     assert push([str(tmp_path / "data"), "me/not-a-model"]) == 2  # a folder with no model: one clear error
@@ -192,6 +194,29 @@ def test_wavlink_push_writes_a_model_card_and_pushes_lora_adapters(hub, tmp_path
         tmp_path,
     )
     np.testing.assert_allclose(np.load(tmp_path / "lora.npy"), expected, atol=1e-6)
+
+
+def test_cards_name_the_base_model_and_language(tmp_path):
+    import json
+
+    from wavlink.hub.cards import write_model_card
+
+    towers = ["openai/whisper-base", "openai/clip-vit-base-patch32"]
+    model = tiny_model(base_models=towers + [str(tmp_path)])  # a local folder is no Hub id: left out
+    model.save_pretrained(tmp_path / "full")
+    record = {"task": "retrieval", "dataset": "clotho", "results": {"16": {"t2a_R@1": 12.5}, "8": {"t2a_R@1": 9.0}}}
+    card = ModelCard.load(write_model_card(tmp_path / "full", "me/full", records=[record]))
+    assert card.data.base_model == towers and card.data.language == "en"
+    assert [r.task_type for r in card.data.eval_results] == ["feature-extraction"]  # the Hub's id for embeddings
+    assert card.data.eval_results[0].metric_type == "t2a_R@1"  # the project's own metric name
+    # a LoRA adapter's base is the checkpoint it applies to
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    base = {"model_name_or_path": "me/wavlink-base", "config": model.config.to_dict()}
+    (adapter / "wavlink_base.json").write_text(json.dumps(base))
+    card = ModelCard.load(write_model_card(adapter, "me/lora"))
+    assert card.data.base_model == ["me/wavlink-base"] and card.data.library_name == "peft"
 
 
 def test_pipeline_item_by_item_steps_equal_the_batched_call():

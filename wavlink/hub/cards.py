@@ -2,17 +2,24 @@
 training and evaluation details, and limitations."""
 
 import json
+import os
+import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..evaluation.metrics import HEADLINE_METRICS
 
+# Each evaluation's Hub task id (model-index `task.type`) and the name shown for it. The Hub has no audio-text
+# retrieval task: retrieval by embeddings is listed under feature extraction.
 TASK_TYPES = {
-    "retrieval": "audio-text-retrieval",
-    "zero-shot": "zero-shot-audio-classification",
-    "multiple-choice": "audio-multiple-choice",
+    "retrieval": ("feature-extraction", "Audio-text retrieval"),
+    "zero-shot": ("zero-shot-audio-classification", "Zero-shot audio classification"),
+    "multiple-choice": ("audio-classification", "Audio multiple choice"),
 }
+# The captions every WavLink model is trained on, and its text towers, are English.
+LANGUAGE = "en"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CARD_METRICS = HEADLINE_METRICS
 RESULTS_FILE = "wavlink_eval_results.json"
 
@@ -51,7 +58,8 @@ def eval_results_for_card(records: list[dict], dim: int | None = None) -> list[E
             if metric in by_dim[chosen]:
                 results.append(
                     EvalResult(
-                        task_type=TASK_TYPES[record["task"]],
+                        task_type=TASK_TYPES[record["task"]][0],
+                        task_name=TASK_TYPES[record["task"]][1],
                         dataset_type=record["dataset"],
                         dataset_name=record["dataset"],
                         metric_type=metric,
@@ -69,11 +77,15 @@ def render_model_card(
     training: dict | None = None,
     datasets: list[str] | None = None,
     adapter: bool = False,
+    base_models: list[str] | None = None,
 ) -> ModelCard:
-    """Build the card for a WavLink model whose config is `config`."""
+    """Build the card for a WavLink model whose config is `config`. `base_models` (default: the config's) are the
+    checkpoints it started from; those that are Hub ids become `base_model`."""
     records = records or []
     dims = list(config.matryoshka_dims)
     data = ModelCardData(
+        base_model=hub_ids(base_models if base_models is not None else config.base_models) or None,
+        language=LANGUAGE,
         library_name="peft" if adapter else "transformers",
         pipeline_tag="zero-shot-audio-classification",
         tags=["wavlink", "audio", "audio-text-retrieval", "contrastive", "matryoshka", "whisper", "custom_code"]
@@ -155,6 +167,11 @@ def render_model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
+def hub_ids(names) -> list[str]:
+    """The names that are Hub repo ids (`owner/name`, and not a local folder): what `base_model` may hold."""
+    return [str(n) for n in names or [] if HUB_ID.match(str(n)) and not os.path.exists(str(n))]
+
+
 def add_results(model_dir, records: list[dict]) -> list[dict]:
     """Merge evaluation records into `<model_dir>/wavlink_eval_results.json` (same task and dataset replaced)."""
     path = Path(model_dir) / RESULTS_FILE
@@ -167,21 +184,25 @@ def add_results(model_dir, records: list[dict]) -> list[dict]:
 
 def write_model_card(model_dir, repo_id: str | None = None, records: list[dict] | None = None, **kwargs) -> Path:
     """Write `<model_dir>/README.md` from the saved config and any results recorded beside it."""
-    from transformers import AutoConfig
-
     model_dir = Path(model_dir)
     adapter = (model_dir / "adapter_config.json").exists()
-    if adapter:
-        base = json.loads((model_dir / "wavlink_base.json").read_text())
-        from configuration_wavlink import WavLinkConfig
+    from configuration_wavlink import WavLinkConfig
 
+    base_models = None
+    if adapter:  # the base it applies to: the checkpoint it was trained on, else its towers
+        base = json.loads((model_dir / "wavlink_base.json").read_text())
         config = WavLinkConfig(**base["config"])
+        base_models = [base["model_name_or_path"]] if base.get("model_name_or_path") else [
+            base.get("audio_tower"), base.get("text_tower")]  # fmt: skip
     else:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+        # The installed class reads the config: AutoConfig with trust_remote_code would run the folder's code.
+        config = WavLinkConfig.from_pretrained(model_dir)
     if records:
         add_results(model_dir, records)
     results_path = model_dir / RESULTS_FILE
     all_records = json.loads(results_path.read_text()) if results_path.exists() else []
-    card = render_model_card(config, repo_id or model_dir.name, all_records, adapter=adapter, **kwargs)
+    card = render_model_card(
+        config, repo_id or model_dir.name, all_records, adapter=adapter, base_models=base_models, **kwargs
+    )
     card.save(model_dir / "README.md")
     return model_dir / "README.md"
