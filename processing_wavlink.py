@@ -306,7 +306,8 @@ def load_audio(
         elif item.get("bytes") is not None:
             waveform, rate = _decode(io.BytesIO(item["bytes"]), name, strict, _suffix(item.get("path")))
         elif item.get("path") is not None:
-            waveform, rate = _decode(item["path"], name, strict)
+            span = (item.get("start"), item.get("end"))  # a segment of the file, in seconds (the index's windows)
+            waveform, rate = _decode(item["path"], name, strict, span=span if span != (None, None) else None)
         else:
             raise ValueError(
                 f"{name}: dict needs 'array' and 'sampling_rate', or 'path' or 'bytes'; got keys {sorted(item)}."
@@ -350,6 +351,8 @@ def audio_duration(item, sampling_rate: int | None = None) -> float | None:
     length or its file header, without decoding; None when it cannot be told (the decoder will say why)."""
     if isinstance(item, dict) and item.get("array") is not None:
         item, sampling_rate = item["array"], item.get("sampling_rate")
+    if isinstance(item, dict) and item.get("end") is not None:
+        return float(item["end"]) - float(item.get("start") or 0)
     if is_array(item):
         return len(item) / sampling_rate if sampling_rate and getattr(item, "ndim", 1) == 1 else None
     source = item if isinstance(item, (str, os.PathLike, bytes, bytearray)) else None
@@ -394,24 +397,36 @@ def _suffix(path) -> str:
     return os.path.splitext(os.fspath(path))[1].lower() if isinstance(path, (str, os.PathLike)) else ""
 
 
-def _decode(source, name: str, strict: bool = False, suffix: str = "") -> tuple[np.ndarray, int]:
+def _decode(source, name: str, strict: bool = False, suffix: str = "", span=None) -> tuple[np.ndarray, int]:
+    """`(channels, samples)` and the rate; `span=(start, end)` seconds reads only that part (seeking where the
+    format allows; FFmpeg formats are decoded whole and cut)."""
     if (suffix or _suffix(source)) in FFMPEG_SUFFIXES:
-        return _decode_with_av(source, name, suffix or _suffix(source))
+        waveform, rate = _decode_with_av(source, name, suffix or _suffix(source))
+        return (waveform[:, _frames(span, rate, waveform.shape[1])] if span else waveform), rate
     import soundfile
 
     try:
         with soundfile.SoundFile(source) as audio_file:
             announced, rate = audio_file.frames, audio_file.samplerate
-            waveform = audio_file.read(dtype="float32", always_2d=True)
+            part = _frames(span, rate, announced) if span else slice(0, announced)
+            if span:
+                audio_file.seek(part.start)
+            waveform = audio_file.read(part.stop - part.start if span else -1, dtype="float32", always_2d=True)
     except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError or OSError
         raise ValueError(f"{name}: cannot decode audio ({type(error).__name__}: {error}).") from error
-    if 0 < len(waveform) < announced * (1 - TRUNCATION_TOLERANCE):
+    if span is None and 0 < len(waveform) < announced * (1 - TRUNCATION_TOLERANCE):
         decoded, expected = len(waveform) / rate, announced / rate
         message = f"{name}: decoded {decoded:.2f} s of the {expected:.2f} s its header announces; it looks truncated."
         if strict:
             raise ValueError(message)
         warnings.warn(message, TruncatedAudioWarning, stacklevel=3)
     return waveform.T, rate  # (channels, samples)
+
+
+def _frames(span, rate: int, total: int) -> slice:
+    start, end = span
+    first = min(total, max(0, int(round((start or 0) * rate))))
+    return slice(first, total if end is None else min(total, max(first, int(round(end * rate)))))
 
 
 def _decode_with_av(source, name: str, suffix: str) -> tuple[np.ndarray, int]:

@@ -44,11 +44,11 @@ def test_index_search_and_incremental_reindex(setup, tmp_path):
 
     # nothing changed: nothing is embedded again
     again = build_index(sounds, str(model_dir), out, dim=8, progress=False)
-    assert again["added"] == 0 and again["skipped_unchanged"] == 12
+    assert again["added"] == 0 and again["unchanged"] == 12
     # a touched file is re-embedded, and only it
     target = sorted(sounds.glob("*.wav"))[1]
     os.utime(target, (time.time() + 5, time.time() + 5))
-    assert build_index(sounds, str(model_dir), out, dim=8, progress=False)["added"] == 1
+    assert build_index(sounds, str(model_dir), out, dim=8, progress=False)["updated"] == 1
 
     # an audio query finds itself first with cosine 1
     hits = search(out, audio=str(target), k=3, progress=False)
@@ -79,7 +79,7 @@ def test_int8_index_is_smaller_and_ranks_alike(setup, tmp_path):
     np.testing.assert_allclose(approx @ query, exact @ query, atol=0.02)  # cosine scores barely move
 
     def stored(name):
-        return sqlite3.connect(tmp_path / name).execute("SELECT sum(length(embedding)) FROM items").fetchone()[0]
+        return sqlite3.connect(tmp_path / name).execute("SELECT sum(length(embedding)) FROM vectors").fetchone()[0]
 
     assert stored("q.index") * 4 == stored("f.index") == 12 * 16 * 4
 
@@ -104,11 +104,7 @@ def test_an_interrupted_run_keeps_what_it_wrote(setup, tmp_path, monkeypatch):
     assert len(AudioIndex.open(out)) == committed
     monkeypatch.setattr(pipeline_wavlink, "iter_audio_embeddings", real_call)
     report = build_index(sounds, str(model_dir), out, dim=8, chunk=3, progress=False)
-    assert (
-        report["added"] == 12 - committed
-        and report["skipped_unchanged"] == committed
-        and report["total_in_index"] == 12
-    )
+    assert report["added"] == 12 - committed and report["unchanged"] == committed and report["total_in_index"] == 12
 
 
 def test_clear_errors(setup, tmp_path, capsys):
@@ -180,7 +176,7 @@ def test_real_recordings_index(tmp_path, fixtures, real_model, real_processor, c
         )
         == 0
     )
-    assert "10 embedded" in capsys.readouterr().out
+    assert "10 added, 0 updated, 0 removed, 0 unchanged" in capsys.readouterr().out
     assert (
         wavlink_index.search_main(
             [
@@ -217,7 +213,7 @@ def test_two_process_indexing_matches_one_process(setup, tmp_path):
         ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "12 embedded" in result.stdout and "1 unreadable" in result.stdout
+    assert "12 added" in result.stdout and "1 unreadable" in result.stdout
     one_paths, _, one = AudioIndex.open(tmp_path / "one.index").load()
     two_paths, _, two = AudioIndex.open(tmp_path / "two.index").load()
     assert sorted(one_paths) == sorted(two_paths) and single["added"] == 12

@@ -1,1 +1,5 @@
-"""Audio search: the incremental SQLite index behind `wavlink-index` and `wavlink-search` (`index`)."""
+"""Audio search: `wavlink-index` builds an index file, `WavLinkIndex` / `wavlink-search` query it."""
+
+from .searcher import Hit, WavLinkIndex
+
+__all__ = ["Hit", "WavLinkIndex"]
