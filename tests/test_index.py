@@ -221,6 +221,34 @@ def test_two_process_indexing_matches_one_process(setup, tmp_path):
     np.testing.assert_allclose(two[order], one, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_shards_per_process_merge_into_the_single_process_index(setup, tmp_path, capsys):
+    sounds, model_dir = setup
+    single = build_index(sounds, str(model_dir), tmp_path / "one.index", dim=8, progress=False)
+    out = tmp_path / "big.index"
+    command = ["-m", "wavlink.search", str(sounds), "--model", str(model_dir), "--out", str(out), "--dim", "8",
+               "--shards", "--no_progress"]  # fmt: skip
+    result = run_two_cpu_processes(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shards = sorted(tmp_path.glob("big.index.shard-*"))
+    assert [s.name for s in shards] == ["big.index.shard-00000-of-00002", "big.index.shard-00001-of-00002"]
+    assert not out.exists()  # no process wrote the shared file
+    sizes = [len(AudioIndex.open(s)) for s in shards]
+    assert sum(sizes) == 12 and min(sizes) > 0
+    assert wavlink_index.index_main(["merge", *map(str, shards), "--out", str(out)]) == 0
+    assert "2 shards: 12 files, 12 vectors" in capsys.readouterr().out
+    one_paths, _, one = AudioIndex.open(tmp_path / "one.index").load()
+    merged_paths, _, merged = AudioIndex.open(out).load()
+    assert sorted(merged_paths) == sorted(one_paths) and single["added"] == 12
+    order = [merged_paths.index(p) for p in one_paths]
+    np.testing.assert_allclose(merged[order], one, atol=1e-5)
+    # shards of different settings do not merge
+    build_index(sounds, str(model_dir), tmp_path / "other.index", dim=4, progress=False)
+    assert wavlink_index.index_main(["merge", str(shards[0]), str(tmp_path / "other.index"), "--out",
+                                     str(tmp_path / "bad.index")]) == 2  # fmt: skip
+    assert "differs from" in capsys.readouterr().err and not (tmp_path / "bad.index").exists()
+
+
 def test_batch_sizes_are_checked_at_the_door(setup):
     from pipeline_wavlink import WavLinkEmbeddingPipeline
     from wavlink.loading import load_model_and_processor

@@ -6,6 +6,8 @@
     wavlink-search sounds.index --audio query.wav -k 5
     wavlink-index ./my_sounds ... --device cuda:1 --num_workers 12   # default: CUDA if available
     accelerate launch -m wavlink.search ./big_collection --model ... --out big.index   # several GPUs
+    accelerate launch ... -m wavlink.search ./big --model ... --out big.index --shards  # one shard file per process
+    wavlink-index merge big.index.shard-* --out big.index                             # join the shards
 
 The index is one SQLite catalogue (see `store.py`): the model it was built with (its path or Hub id, commit and a
 fingerprint of its weights and config), the settings, the files (path, size, mtime, duration) and their vectors
@@ -19,10 +21,12 @@ fingerprint differs from the one it was built with.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -102,9 +106,11 @@ def build_index(
     segment_seconds: float | None = None,
     segment_overlap: float = 0.0,
     ann_threshold: int = DEFAULT_THRESHOLD,
+    shard: tuple[int, int] | None = None,
 ) -> dict:
     """Sync the index at `out` with the audio files under `folder`: embed new and changed files (on `device`, with
-    `num_workers` decoding workers), remove those that are gone. Returns counts and failures."""
+    `num_workers` decoding workers), remove those that are gone. Returns counts and failures. `shard=(rank, world)`
+    keeps only this shard's files (a stable hash of the path picks the shard), for one index file per process."""
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
@@ -120,6 +126,8 @@ def build_index(
     target_device = resolve_device(device, accelerator)  # before anything loads: a wrong --device fails at once
     is_main = accelerator is None or accelerator.is_main_process
     files = find_audio(folder)
+    if shard is not None:
+        files = [f for f in files if shard_of(str(f.resolve()), shard[1]) == shard[0]]
     # A Hub id is pinned to the commit it is loaded at: a later push to the repo does not change what the index means.
     revision = None if Path(model).exists() else hub_commit(model)
     wavlink, processor = load_model_and_processor(model, trust_remote_code=trust_remote_code, revision=revision)
@@ -164,6 +172,7 @@ def build_index(
     bar.close()
     report = {
         "files": len(files),
+        "index": str(out),
         "added": len(embedded - set(known)),
         "updated": len(embedded & set(known)),
         "removed": len(gone),
@@ -220,6 +229,75 @@ def _name(item) -> str:
     return item if isinstance(item, str) else f"{item['path']} ({item['start']:g}-{item['end']:g} s)"
 
 
+# ------------------------------------------------------------------------------------------------ shards
+
+
+def shard_of(path: str, world: int) -> int:
+    """The shard a file belongs to: stable across runs and machines, so re-indexing finds it where it was."""
+    return int.from_bytes(hashlib.sha1(path.encode()).digest()[:8], "big") % world
+
+
+def shard_path(out, rank: int, world: int) -> Path:
+    out = Path(out)
+    return out.with_name(f"{out.name}.shard-{rank:05d}-of-{world:05d}")
+
+
+SHARD_KEYS = ("model", "model_fingerprint", "dim", "quantization", "segment_seconds", "segment_overlap")
+
+
+def merge_shards(shards, out) -> dict:
+    """Join shard files (written by `wavlink-index --shards`) into one new index at `out`. The shards must share the
+    model fingerprint, dim, quantization and segments. Written to a temporary file and renamed into place: the merged
+    index is whole or absent. Returns counts."""
+    shards = [Path(s) for s in shards]
+    if not shards:
+        raise ValueError("no shard files given.")
+    opened = [AudioIndex.open(s) for s in shards]
+    first = opened[0].meta
+    for shard, index in zip(shards[1:], opened[1:]):
+        differing = [k for k in SHARD_KEYS if index.meta.get(k) != first.get(k)]
+        if differing:
+            raise IndexFileError(f"{shard} differs from {shards[0]} in {', '.join(differing)}; shards of one index "
+                                 "share the model and settings.")  # fmt: skip
+    out = Path(out)
+    handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(handle)
+    partial = Path(name)
+    partial.unlink()
+    try:
+        segment = (float(first["segment_seconds"]), float(first["segment_overlap"]))
+        merged = AudioIndex.create(partial, first["model"], int(first["dim"]), first["quantization"] == "int8",
+                                   first["model_fingerprint"], first.get("model_revision"), segment)  # fmt: skip
+        for shard in shards:
+            with merged.db:
+                merged.db.execute("ATTACH DATABASE ? AS shard", (str(shard),))
+            with merged.db:
+                # a file in two shards (the world size changed between runs): the newer copy wins
+                merged.db.execute(
+                    "DELETE FROM vectors WHERE path IN (SELECT f.path FROM files f JOIN shard.files s ON "
+                    "s.path = f.path WHERE s.mtime >= f.mtime)"
+                )
+                merged.db.execute(
+                    "DELETE FROM files WHERE path IN (SELECT f.path FROM files f JOIN shard.files s ON "
+                    "s.path = f.path WHERE s.mtime >= f.mtime)"
+                )
+                merged.db.execute("INSERT OR IGNORE INTO files SELECT * FROM shard.files")
+                merged.db.execute(
+                    "INSERT INTO vectors (path, start, end, embedding, scale) SELECT v.path, v.start, v.end, "
+                    "v.embedding, v.scale FROM shard.vectors v WHERE v.path IN (SELECT path FROM files) AND NOT "
+                    "EXISTS (SELECT 1 FROM vectors w WHERE w.path = v.path) ORDER BY v.id"
+                )
+                merged._bump(removal=True)
+            merged.db.execute("DETACH DATABASE shard")
+        counts = {"shards": len(shards), "files": len(merged),
+                  "vectors": merged.db.execute("SELECT count(*) FROM vectors").fetchone()[0]}  # fmt: skip
+        merged.db.close()
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return {**counts, "index": str(out)}
+
+
 # ------------------------------------------------------------------------------------------------ search
 
 
@@ -249,6 +327,9 @@ def search(
 
 
 def index_main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["merge"]:
+        return merge_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="wavlink-index",
         description=__doc__.split("\n\n")[0],
@@ -273,6 +354,12 @@ def index_main(argv=None) -> int:
     parser.add_argument("--ann_threshold", type=int, default=DEFAULT_THRESHOLD,
                         help="build the approximate (FAISS HNSW) graph from this many vectors on")  # fmt: skip
     parser.add_argument(
+        "--shards",
+        action="store_true",
+        help="under accelerate launch: each process writes its own shard file, OUT.shard-R-of-N (no two writers on "
+        "one file, across machines on shared storage); join them with wavlink-index merge",
+    )
+    parser.add_argument(
         "--inference_precision", choices=("fp32", "bf16"), default=None, help="bf16: bfloat16 autocast while embedding"
     )
     parser.add_argument("--no_progress", action="store_true")
@@ -282,20 +369,23 @@ def index_main(argv=None) -> int:
     from accelerate import Accelerator
 
     accelerator = Accelerator()
+    sharded = args.shards and accelerator.num_processes > 1
+    rank, world = accelerator.process_index, accelerator.num_processes
     try:
         report = build_index(
             args.folder,
             args.model,
-            args.out,
+            shard_path(args.out, rank, world) if sharded else args.out,
             args.dim,
             args.int8,
             args.batch_size,
             chunk=args.chunk,
             inference_precision=args.inference_precision,
-            accelerator=accelerator if accelerator.num_processes > 1 else None,
-            progress=not args.no_progress,
+            accelerator=accelerator if accelerator.num_processes > 1 and not sharded else None,
+            progress=not args.no_progress and accelerator.is_main_process,
             trust_remote_code=args.trust_remote_code,
-            device=args.device,
+            device=str(accelerator.device) if sharded else args.device,
+            shard=(rank, world) if sharded else None,
             num_workers=args.num_workers,
             segment_seconds=args.segment_seconds,
             segment_overlap=args.segment_overlap,
@@ -309,14 +399,28 @@ def index_main(argv=None) -> int:
         return 2
     finally:
         accelerator.end_training()
-    if accelerator.is_main_process:
+    if accelerator.is_main_process or sharded:
         print(
             f"{report['files']} audio files: {report['added']} added, {report['updated']} updated, "
             f"{report['removed']} removed, {report['unchanged']} unchanged, {len(report['failures'])} unreadable; "
-            f"{report['total_in_index']} in {args.out}"
+            f"{report['total_in_index']} in {report['index']}"
         )
         for failure in report["failures"]:
             print(f"  skipped: {failure}")
+    return 0
+
+
+def merge_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="wavlink-index merge", description="Join shard files into one index.")
+    parser.add_argument("shards", nargs="+", help="shard files written by wavlink-index --shards")
+    parser.add_argument("--out", required=True, help="the merged index file (replaced whole)")
+    args = parser.parse_args(argv)
+    try:
+        counts = merge_shards(args.shards, args.out)
+    except (ValueError, OSError, sqlite3.Error) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{counts['shards']} shards: {counts['files']} files, {counts['vectors']} vectors in {counts['index']}")
     return 0
 
 
@@ -358,8 +462,8 @@ def search_main(argv=None) -> int:
 
 
 __all__ = [
-    "AudioIndex", "Hit", "IndexFileError", "WavLinkIndex", "build_index", "find_audio", "model_fingerprint",
-    "quantize_int8", "search", "segment_spans",
+    "AudioIndex", "Hit", "IndexFileError", "WavLinkIndex", "build_index", "find_audio", "merge_shards",
+    "model_fingerprint", "quantize_int8", "search", "segment_spans",
 ]  # fmt: skip
 
 if __name__ == "__main__":
