@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from wavlink.training.budget import TIME_SCHEDULES, TrainingClock, time_schedule
 from wavlink.training.checkpoints import TrainerState, check_resumed_arguments, resolve_resume, save_checkpoint
 from wavlink.training.memory import release_freed_memory
 from wavlink.training.regimes import apply_regime, count_parameters, parameter_groups
@@ -208,6 +209,14 @@ class TrainArguments:
     max_steps: int | None = field(
         default=None, metadata={"help": "Total optimiser steps (overrides num_train_epochs)."}
     )
+    max_train_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Train for this much wall-clock time (training only: evaluation and checkpoints pause the "
+            "clock), the learning-rate schedule following the share of the time spent (warm-up over warmup_ratio "
+            "of it, then decay to zero as it runs out). Stops then, or at max_steps if that comes first."
+        },
+    )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate (paper: 1e-4)."})
     weight_decay: float = field(
         default=0.1, metadata={"help": "AdamW weight decay (never on norms, biases, temperature or the global token)."}
@@ -274,6 +283,12 @@ class TrainArguments:
             "contrastive training needs at least 2.",
         )
         _check(self.max_steps is None or self.max_steps > 0, "max_steps", "must be positive.")
+        _check(self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes", "must be positive.")
+        _check(
+            self.max_train_minutes is None or self.lr_scheduler_type in TIME_SCHEDULES,
+            "lr_scheduler_type",
+            f"must be one of {', '.join(TIME_SCHEDULES)} with --max_train_minutes (the schedule follows time).",
+        )
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be within [0, 1).")
         _check(self.learning_rate > 0, "learning_rate", "must be positive.")
         _check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1.")
@@ -583,8 +598,12 @@ def train(argv=None):
 
     # 5. Loader, then the schedule sized in optimizer steps, before `prepare`.
     loader, epochs, steps_per_epoch = make_train_loader(train_table, processor, data_args, args, accelerator)
-    max_steps = args.max_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
-    optimizer, scheduler = make_optimizer_and_schedule(model, args, max_steps)
+    clock = TrainingClock(args.max_train_minutes * 60) if args.max_train_minutes else None
+    if clock is not None:  # the budget, not an epoch count, ends the run
+        max_steps = args.max_steps or sys.maxsize
+    else:
+        max_steps = args.max_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
+    optimizer, scheduler = make_optimizer_and_schedule(model, args, max_steps, clock)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     # 6. Resume.
@@ -596,6 +615,8 @@ def train(argv=None):
         refuse_pickled_objects(resume)
         accelerator.load_state(str(resume))
         state.load_state_dict(json.loads((resume / "trainer_state.json").read_text()))
+        if clock is not None:
+            clock.spent = state.train_seconds
         logger.info("resumed from %s at step %d", resume, state.step)
         for change in resumed_changes:
             logger.info("applies from the resumed step on: %s", change)
@@ -616,9 +637,13 @@ def train(argv=None):
         evaluate_and_log, accelerator, model, processor, eval_data, args, config.matryoshka_dims
     )
     model.train()
-    progress = tqdm(total=max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
+    total = None if max_steps == sys.maxsize else max_steps
+    progress = tqdm(total=total, initial=state.step, disable=not accelerator.is_main_process, desc="train")
     last_results = None
-    while state.step < max_steps:
+    out_of_time = False
+    if clock is not None:
+        clock.start()
+    while state.step < max_steps and not out_of_time:
         for batch in epochs.batches(accelerator, loader, state):
             num_bad, num_samples = batch.pop("num_bad"), batch.pop("num_samples")
             batch.update(log_mel_on_device(processor, batch))
@@ -639,19 +664,27 @@ def train(argv=None):
                 continue
             state.step += 1
             progress.update(1)
+            if clock is not None:  # stopped while logging, evaluating and saving: they are not training time
+                clock.stop_and_sync(accelerator)  # the slowest process's clock: all stop at the same step
+                state.train_seconds, out_of_time = clock.spent, clock.done
             if args.release_memory_steps and state.step % args.release_memory_steps == 0:
                 release_freed_memory()
             check_bad_fraction(state, data_args.max_bad_sample_fraction)
-            if state.step % args.logging_steps == 0 or state.step == max_steps:
+            last_step = state.step == max_steps or out_of_time
+            if state.step % args.logging_steps == 0 or last_step:
                 record = window.record(state, scheduler.get_last_lr()[0], logit_scale)
+                if clock is not None:
+                    record["train_seconds"] = round(clock.spent, 3)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
                 accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
                 log_jsonl(record)
-            if eval_data and args.eval_steps and state.step % args.eval_steps == 0 and state.step != max_steps:
+            if eval_data and args.eval_steps and state.step % args.eval_steps == 0 and not last_step:
                 last_results = evaluate(state, log_jsonl)
             if args.save_steps and state.step % args.save_steps == 0:
                 save_checkpoint(accelerator, output_dir, state, args.save_total_limit, run_arguments)
-            if state.step >= max_steps:
+            if clock is not None:
+                clock.start()
+            if last_step:
                 break
         else:
             state.epoch += 1
@@ -685,8 +718,10 @@ def refuse_pickled_objects(checkpoint: Path) -> None:
 
 
 def check_run_options(data_args: DataArguments, args: TrainArguments) -> None:
-    if data_args.streaming and not args.max_steps:
-        raise ValueError("--streaming needs --max_steps (a stream has no length to count epochs by).")
+    if data_args.streaming and not (args.max_steps or args.max_train_minutes):
+        raise ValueError(
+            "--streaming needs --max_steps or --max_train_minutes (a stream has no length to count epochs by)."
+        )
     if data_args.streaming and args.group_by_length:
         raise ValueError("--group_by_length needs durations of the whole set and does not work with --streaming.")
 
@@ -801,8 +836,9 @@ def log_mel_on_device(processor, batch: dict) -> dict:
     )
 
 
-def make_optimizer_and_schedule(model, args: TrainArguments, max_steps: int):
-    """AdamW over the trainable parameters, and a schedule of `max_steps` optimizer steps."""
+def make_optimizer_and_schedule(model, args: TrainArguments, max_steps: int, clock=None):
+    """AdamW over the trainable parameters, and a schedule of `max_steps` optimizer steps (or, with a `clock`, one
+    that follows the share of the time budget spent)."""
     from transformers import get_scheduler
 
     optimizer = torch.optim.AdamW(
@@ -811,6 +847,8 @@ def make_optimizer_and_schedule(model, args: TrainArguments, max_steps: int):
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
     )
+    if clock is not None:
+        return optimizer, time_schedule(optimizer, args.lr_scheduler_type, args.warmup_ratio, clock)
     warmup = int(args.warmup_ratio * max_steps)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)
     return optimizer, scheduler

@@ -607,7 +607,7 @@ def test_streaming_and_mixed_training_sets(tmp_path, synthetic):
         steps = [r for r in read_log(tmp_path / run) if "loss" in r]
         assert [r["step"] for r in steps] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in steps)
     no_max_steps = write_config(tmp_path / "d.yaml", synthetic, save_steps=None)
-    with pytest.raises(ValueError, match="--streaming needs --max_steps"):
+    with pytest.raises(ValueError, match="--streaming needs --max_steps or --max_train_minutes"):
         train.train([no_max_steps, "--output_dir", str(tmp_path / "x"), "--streaming", "true"])
 
 
@@ -648,3 +648,43 @@ def test_resume_checks_what_it_resumes(tmp_path, synthetic, caplog):
                      "--max_steps", "6", "--logging_steps", "2"])  # fmt: skip
     assert "--max_steps: 4 -> 6" in caplog.text and "--logging_steps: 1 -> 2" in caplog.text
     assert [r["step"] for r in read_log(tmp_path / "longer") if "loss" in r] == [4, 6]
+
+
+# ------------------------------------------------------------------------------------------------ time budget
+
+
+def test_time_schedule_shapes():
+    from wavlink.training.budget import time_multiplier
+
+    assert time_multiplier("linear", 0.2, 0.1) == pytest.approx(0.5)  # half-way through the warm-up
+    assert time_multiplier("linear", 0.2, 0.6) == pytest.approx(0.5) and time_multiplier("linear", 0.2, 1.0) == 0
+    assert time_multiplier("cosine", 0.0, 0.5) == pytest.approx(0.5) and time_multiplier("cosine", 0.0, 1.0) == 0
+    assert time_multiplier("constant_with_warmup", 0.5, 0.9) == 1.0 and time_multiplier("constant", 0.5, 0.0) == 1.0
+
+
+def test_a_time_budget_stops_on_time_with_the_schedule_completed(tmp_path, synthetic):
+    budget_seconds = 4.0
+    config = write_config(tmp_path / "c.yaml", synthetic, eval_file=None, save_steps=None, logging_steps=1,
+                          warmup_ratio=0.25, lr_scheduler_type="linear", num_train_epochs=1000)  # fmt: skip
+    out = tmp_path / "run"
+    train.train([config, "--output_dir", str(out), "--max_train_minutes", str(budget_seconds / 60)])
+    log = [r for r in read_log(out) if "loss" in r]
+    spent = [r["train_seconds"] for r in log]
+    assert spent == sorted(spent) and len(log) > 3
+    # it stopped at the first step that crossed the budget: not before, not a step later
+    assert spent[-1] >= budget_seconds > spent[-2]
+    # the schedule followed time: warm-up while under 25% of the budget, then linear decay, ending at zero
+    peak = float(yaml.safe_load(Path(config).read_text()).get("learning_rate", 1e-4))
+    from wavlink.training.budget import time_multiplier
+
+    for previous, record in zip(log, log[1:]):  # a step's lr is set from the time spent when the step before ended
+        fraction = min(1.0, previous["train_seconds"] / budget_seconds)
+        assert record["lr"] == pytest.approx(peak * time_multiplier("linear", 0.25, fraction), abs=peak * 1e-3)
+    assert max(r["lr"] for r in log) > 0.5 * peak  # it got through the warm-up, and decayed from there
+    assert (out / "final" / "model.safetensors").exists()
+
+
+def test_a_time_budget_refuses_a_schedule_it_cannot_follow(tmp_path, synthetic):
+    config = write_config(tmp_path / "c.yaml", synthetic, lr_scheduler_type="polynomial")
+    with pytest.raises(ValueError, match="lr_scheduler_type.*with --max_train_minutes"):
+        train.train([config, "--output_dir", str(tmp_path / "run"), "--max_train_minutes", "1"])

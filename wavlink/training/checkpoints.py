@@ -46,6 +46,7 @@ class TrainerState:
         self.batches_in_epoch = 0
         self.samples_seen = 0
         self.bad_samples = 0
+        self.train_seconds = 0.0  # training time spent, for --max_train_minutes
 
     def state_dict(self):
         return dict(vars(self))
