@@ -218,6 +218,13 @@ class TrainArguments:
         },
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate (paper: 1e-4)."})
+    new_parameters_lr_multiplier: float = field(
+        default=1.0,
+        metadata={
+            "help": "Learning rate of the parts WavLink adds to the towers (global token, projectors, temperature) "
+            "as a multiple of learning_rate; 1 is the paper's single rate."
+        },
+    )
     weight_decay: float = field(
         default=0.1, metadata={"help": "AdamW weight decay (never on norms, biases, temperature or the global token)."}
     )
@@ -284,6 +291,7 @@ class TrainArguments:
         )
         _check(self.max_steps is None or self.max_steps > 0, "max_steps", "must be positive.")
         _check(self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes", "must be positive.")
+        _check(self.new_parameters_lr_multiplier > 0, "new_parameters_lr_multiplier", "must be positive.")
         _check(
             self.max_train_minutes is None or self.lr_scheduler_type in TIME_SCHEDULES,
             "lr_scheduler_type",
@@ -842,7 +850,7 @@ def make_optimizer_and_schedule(model, args: TrainArguments, max_steps: int, clo
     from transformers import get_scheduler
 
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, args.weight_decay),
+        parameter_groups(model, args.weight_decay, args.learning_rate, args.new_parameters_lr_multiplier),
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,

@@ -688,3 +688,27 @@ def test_a_time_budget_refuses_a_schedule_it_cannot_follow(tmp_path, synthetic):
     config = write_config(tmp_path / "c.yaml", synthetic, lr_scheduler_type="polynomial")
     with pytest.raises(ValueError, match="lr_scheduler_type.*with --max_train_minutes"):
         train.train([config, "--output_dir", str(tmp_path / "run"), "--max_train_minutes", "1"])
+
+
+def test_new_parameters_learning_rate_reaches_the_optimizer(tmp_path, synthetic):
+    from wavlink.training.regimes import is_new_parameter
+
+    config = write_config(tmp_path / "c.yaml", synthetic, warmup_ratio=0.0, lr_scheduler_type="linear")
+    model_args, _, args = train.parse_args([config, "--new_parameters_lr_multiplier", "10", "--learning_rate", "2e-4"])
+    captions = train.sample_captions(load_caption_table(str(synthetic["train"])))
+    model = train.build_model_and_processor(model_args, captions)[0]
+    optimizer, scheduler = train.make_optimizer_and_schedule(model, args, max_steps=10)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        new = {is_new_parameter(names[id(p)]) for p in group["params"]}
+        assert len(new) == 1 and group["lr"] == pytest.approx(2e-3 if new.pop() else 2e-4)
+    covered = {names[id(p)] for g in optimizer.param_groups for p in g["params"]}
+    assert {"audio_global_token.embedding", "audio_projection.weight", "logit_head.logit_scale"} <= covered
+    optimizer.step()
+    scheduler.step()  # the schedule scales every group alike: the ratio holds
+    rates = {is_new_parameter(names[id(g["params"][0])]): g["lr"] for g in optimizer.param_groups}
+    assert rates[True] == pytest.approx(10 * rates[False]) and rates[False] == pytest.approx(2e-4 * 0.9)
+    # the default is the paper's single rate, in WavLink 0.1's two groups (decay, no decay): old checkpoints resume
+    model_args, _, args = train.parse_args([config])
+    optimizer, _ = train.make_optimizer_and_schedule(model, args, max_steps=10)
+    assert [g["weight_decay"] > 0 for g in optimizer.param_groups] == [True, False]

@@ -57,11 +57,30 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def parameter_groups(model, weight_decay: float):
-    """Weight decay on matrices only: never on norms, biases, the temperature/bias or the global token."""
-    decay, no_decay = [], []
+# The parts WavLink adds to the pretrained towers (matched in parameter names, LoRA-wrapped or not).
+NEW_PARAMETERS = ("global_token", "audio_projection", "text_projection", "logit_head")
+
+
+def is_new_parameter(name: str) -> bool:
+    return any(part in name for part in NEW_PARAMETERS)
+
+
+def parameter_groups(model, weight_decay: float, learning_rate: float | None = None, new_lr_multiplier: float = 1.0):
+    """AdamW groups. Weight decay on matrices only: never on norms, biases, the temperature/bias or the global token.
+    With `learning_rate`, each group carries its rate: the towers `learning_rate`, WavLink's new parts (global token,
+    projectors, temperature) `learning_rate * new_lr_multiplier`, since they start from scratch and the towers do
+    not."""
+    groups = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "logit_head" in name or "global_token" in name else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (param.ndim < 2 or "logit_head" in name or "global_token" in name)
+        new = is_new_parameter(name) and new_lr_multiplier != 1  # one rate: the two groups of WavLink 0.1
+        groups.setdefault((decays, new), []).append(param)
+    result = []
+    for (decays, new), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1])):
+        group = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+        if learning_rate is not None:
+            group["lr"] = learning_rate * (new_lr_multiplier if new else 1.0)
+        result.append(group)
+    return result
