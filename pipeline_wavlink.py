@@ -52,10 +52,6 @@ def default_num_workers(device) -> int:
     return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
     """Indices cut into batches of `batch_size`, longest first: clips of similar length share a batch."""
     check_positive_size("batch_size", batch_size)
@@ -82,9 +78,9 @@ class AudioBatches(Dataset):
     file) are returned too, so the main process re-issues them: nothing a worker sees is lost.
     """
 
-    def __init__(self, processor, items, plan, sampling_rate=None, label="audio[{}]", strict=False):
+    def __init__(self, processor, items, plan, sampling_rate=None, label="audio[{}]"):
         self.processor, self.items, self.plan = processor, items, plan
-        self.sampling_rate, self.label, self.strict = sampling_rate, label, strict
+        self.sampling_rate, self.label = sampling_rate, label
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -97,7 +93,7 @@ class AudioBatches(Dataset):
                 item = self.items[index]
                 name = describe_audio(item, self.label.format(index))
                 try:
-                    waveforms.append(load_audio(item, self.sampling_rate, SAMPLE_RATE, name=name, strict=self.strict))
+                    waveforms.append(load_audio(item, self.sampling_rate, SAMPLE_RATE, name=name))
                 except ValueError as error:
                     failures.append(str(error))
                     continue
@@ -129,7 +125,6 @@ def iter_audio_embeddings(
     inference_precision=None,
     on_error="raise",
     label="audio[{}]",
-    strict=False,
     shard=(0, 1),
     progress=False,
 ):
@@ -151,7 +146,7 @@ def iter_audio_embeddings(
     check_worker_count("num_workers", workers)
     workers = min(workers, len(plan))
     loader = DataLoader(
-        AudioBatches(processor, items, plan, sampling_rate, label, strict),
+        AudioBatches(processor, items, plan, sampling_rate, label),
         batch_size=None,
         collate_fn=_as_is,
         num_workers=workers,

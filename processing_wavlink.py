@@ -225,6 +225,7 @@ class WavLinkProcessor(ProcessorMixin):
         audio_window_counts: torch.Tensor | None = None,
         device=None,
         with_mask: bool = True,
+        per_window: bool | None = None,
     ) -> dict:
         """Whisper log-mel features of a batch, on `device` (default: where the waveforms are): on an accelerator one
         STFT for the whole batch; on the CPU one per window, over its own samples only (there padding costs more
@@ -233,45 +234,49 @@ class WavLinkProcessor(ProcessorMixin):
         Equal to Whisper's feature extractor run clip by clip, within float rounding, including its per-clip
         dynamic-range clamp at (clip max - 8): the clamp is taken over each clip's own frames, never over the batch.
 
+        `per_window` forces one way or the other (default: per window on the CPU, one STFT elsewhere).
+
         Returns `input_features` `(windows, mel_bins, frames)`, `input_features_mask` `(windows, frames)` (with
         `with_mask`, the default) and `audio_window_counts` when given.
         """
+        extractor = self.feature_extractor
         device = padded_waveforms.device if device is None else torch.device(device)
         waveforms = padded_waveforms.to(device, torch.float32, non_blocking=True)
         lengths = waveform_lengths.to(device)
-        if device.type == "cpu":
-            n_fft = self.feature_extractor.n_fft
+        window = torch.hann_window(extractor.n_fft, device=device)
+        mel_filters = torch.from_numpy(extractor.mel_filters).to(device, torch.float32)
+        if device.type == "cpu" if per_window is None else per_window:
             rows = [
-                self._log_mel(waveforms[i : i + 1, : n + n_fft], lengths[i : i + 1])
+                self._log_mel(waveforms[i : i + 1, : n + extractor.n_fft], lengths[i : i + 1], window, mel_filters)
                 for i, n in enumerate(lengths.tolist())
             ]
             longest = max(row.shape[-1] for row in rows)
             log_spec = torch.cat([torch.nn.functional.pad(row, (0, longest - row.shape[-1])) for row in rows])
         else:
-            log_spec = self._log_mel(waveforms, lengths)
+            log_spec = self._log_mel(waveforms, lengths, window, mel_filters)
         data = {"input_features": log_spec}
         if with_mask:
-            frames = lengths // self.feature_extractor.hop_length
-            data["input_features_mask"] = (torch.arange(log_spec.shape[-1], device=device) < frames[:, None]).long()
+            data["input_features_mask"] = self._frame_mask(lengths, log_spec.shape[-1]).long()
         if audio_window_counts is not None:
             data["audio_window_counts"] = audio_window_counts.to(device)
         return data
 
-    def _log_mel(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def _frame_mask(self, lengths: torch.Tensor, frames: int) -> torch.Tensor:
+        """`(windows, frames)` True on each window's own frames (Whisper drops the centred STFT's last frame)."""
+        own = lengths // self.feature_extractor.hop_length
+        return torch.arange(frames, device=lengths.device) < own[:, None]
+
+    def _log_mel(self, waveforms, lengths, window, mel_filters) -> torch.Tensor:
         """`(windows, mel_bins, frames)` log-mel of reflect-padded waveforms `(windows, samples + n_fft)`; frames past a
         window's own length are zeros."""
         extractor = self.feature_extractor
-        device = waveforms.device
-        frames = lengths // extractor.hop_length  # Whisper drops the centred STFT's last frame
-        window = torch.hann_window(extractor.n_fft, device=device)
         stft = torch.stft(
             waveforms, extractor.n_fft, extractor.hop_length, window=window, center=False, return_complex=True
         )
-        stft = stft[..., : int(frames.max())]
+        stft = stft[..., : int(lengths.max()) // extractor.hop_length]
         power = (stft.real.square() + stft.imag.square()).contiguous()  # |z|^2 without abs's square root
-        mel_filters = torch.from_numpy(extractor.mel_filters).to(device, torch.float32)
         log_spec = (mel_filters.T @ power).clamp(min=1e-10).log10()
-        mask = torch.arange(log_spec.shape[-1], device=device) < frames[:, None]
+        mask = self._frame_mask(lengths, log_spec.shape[-1])
         clip_max = log_spec.masked_fill(~mask[:, None, :], float("-inf")).amax(dim=(1, 2), keepdim=True)
         log_spec = (torch.maximum(log_spec, clip_max - 8.0) + 4.0) / 4.0
         return log_spec * mask[:, None, :]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, base_parser, markdown, median, write_result
+from common import ROOT, base_parser, markdown, median, pick_device, write_result
 
 sys.path.insert(0, str(ROOT))
 
@@ -135,13 +135,7 @@ def main(argv=None):
             f"HNSW M=16, efConstruction=128, efSearch=64; {faiss.omp_get_max_threads()} threads."
         )
     )
-    write_result("search", args.out, pick_cpu(), vars(args), rows, table, reopen=reopen)
-
-
-def pick_cpu():
-    import torch
-
-    return torch.device("cpu")
+    write_result("search", args.out, pick_device("cpu"), vars(args), rows, table, reopen=reopen)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,28 @@ def real_processor(fixtures):
     return WavLinkProcessor.from_towers(str(fixtures / "whisper-tiny.en"), str(fixtures / "all-MiniLM-L6-v2"))
 
 
+@pytest.fixture(scope="session")
+def saved_real_model(tmp_path_factory, real_model, real_processor) -> Path:
+    """The real-tower model and its processor saved in a folder, as a user would load them."""
+    folder = tmp_path_factory.mktemp("wavlink-real")
+    real_model.save_pretrained(folder)
+    real_processor.save_pretrained(folder)
+    return folder
+
+
+def interrupt_call(monkeypatch, module, name: str, call: int) -> None:
+    """Make the `call`-th call of `module.name` raise KeyboardInterrupt, as a killed run would stop there."""
+    real, calls = getattr(module, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
 TINY_CAPTIONS = ["a dog barks", "rain falls softly", "a high tone", "a low hum", "birds sing", "a car passes"]
 
 

@@ -283,7 +283,7 @@ def test_an_index_pins_the_hub_commit_of_its_model(hub, tmp_path):
     run_fresh(push.format(change="model.audio_projection.weight.data.mul_(-1)"), hub, tmp_path / "home2", tmp_path)
     search = f"""
         from wavlink.search.index import search
-        print(search({str(out)!r}, query="a tone", k=2, progress=False{{model}})[0][1])
+        print(search({str(out)!r}, query="a tone", k=2{{model}})[0][1])
         """
     # the index loads the commit it was built with (a fresh cache, so nothing is reused), and searches
     assert "wav" in run_fresh(search.format(model=""), hub, tmp_path / "home3", tmp_path)

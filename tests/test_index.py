@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import run_two_cpu_processes, tiny_model, tiny_processor
+from conftest import interrupt_call, run_two_cpu_processes, tiny_model, tiny_processor
 
 from wavlink.search import index as wavlink_index
 from wavlink.search.index import AudioIndex, IndexFileError, build_index, quantize_int8, search
@@ -51,9 +51,9 @@ def test_index_search_and_incremental_reindex(setup, tmp_path):
     assert build_index(sounds, str(model_dir), out, dim=8, progress=False)["updated"] == 1
 
     # an audio query finds itself first with cosine 1
-    hits = search(out, audio=str(target), k=3, progress=False)
+    hits = search(out, audio=str(target), k=3)
     assert hits[0][1] == str(target.resolve()) and hits[0][0] == pytest.approx(1.0, abs=1e-5)
-    text_hits = search(out, query="white noise", k=4, progress=False)
+    text_hits = search(out, query="white noise", k=4)
     assert len(text_hits) == 4 and all(-1 <= s <= 1 for s, _, _ in text_hits)
     # search scores equal the model's own cosine similarities
     from wavlink.loading import load_model_and_processor
@@ -89,15 +89,8 @@ def test_an_interrupted_run_keeps_what_it_wrote(setup, tmp_path, monkeypatch):
     out = tmp_path / "partial.index"
     import pipeline_wavlink
 
-    real_call, calls = pipeline_wavlink.iter_audio_embeddings, []
-
-    def crash_on_third_chunk(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_call(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline_wavlink, "iter_audio_embeddings", crash_on_third_chunk)
+    real_call = pipeline_wavlink.iter_audio_embeddings
+    interrupt_call(monkeypatch, pipeline_wavlink, "iter_audio_embeddings", 3)  # the third chunk
     with pytest.raises(KeyboardInterrupt):
         build_index(sounds, str(model_dir), out, dim=8, chunk=3, progress=False)
     committed = sum(f.name != "corrupt.wav" for f in wavlink_index.find_audio(sounds)[:6])  # two chunks of 3 files
@@ -313,7 +306,7 @@ def test_an_index_refuses_a_model_with_other_weights(setup, tmp_path, capsys):
     finally:
         shutil.rmtree(model_dir)
         shutil.move(str(moved), model_dir)
-    assert search(out, query="a tone", k=2, progress=False)  # the right weights still search it
+    assert search(out, query="a tone", k=2)  # the right weights still search it
 
 
 def test_index_creation_is_atomic_and_safe_to_race(tmp_path, monkeypatch):
@@ -350,7 +343,7 @@ def test_opening_a_folder_or_an_index_runs_no_code_from_it(setup, tmp_path, monk
     model, processor = load_model_and_processor(str(planted))
     out = tmp_path / "planted.index"
     build_index(sounds, str(planted), out, dim=8, progress=False)
-    assert search(out, query="a tone", k=1, progress=False)  # the model recorded in the index is loaded
+    assert search(out, query="a tone", k=1)  # the model recorded in the index is loaded
     assert not marker.exists(), "code from the model folder ran"
     # asked for explicitly, remote code does run (so the check above can fail)
     load_model_and_processor(str(planted), trust_remote_code=True)

@@ -27,15 +27,7 @@ def local_esc50_task(files: list[str], labels: list[str], targets: list[int]):
     return LocalESC50Zeroshot()
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory, real_model, real_processor):
-    folder = tmp_path_factory.mktemp("wavlink-mteb")
-    real_model.save_pretrained(folder)
-    real_processor.save_pretrained(folder)
-    return folder
-
-
-def test_mteb_zero_shot_equals_wavlink_eval(saved, animal_files, tmp_path):
+def test_mteb_zero_shot_equals_wavlink_eval(saved_real_model, animal_files, tmp_path):
     from wavlink.evaluation import cli as eval_cli
     from wavlink.mteb import WavLinkMtebEncoder
 
@@ -53,7 +45,7 @@ def test_mteb_zero_shot_equals_wavlink_eval(saved, animal_files, tmp_path):
             files.append(str(tmp_path / "classes" / label / name))
             targets.append(labels.index(label))
 
-    encoder = WavLinkMtebEncoder(str(saved), device="cpu")
+    encoder = WavLinkMtebEncoder(str(saved_real_model), device="cpu")
     meta = encoder.mteb_model_meta
     assert meta.modalities == ["audio", "text"] and meta.similarity_fn_name == "cosine"
     assert meta.embed_dim == encoder.model.config.matryoshka_dims
@@ -61,7 +53,7 @@ def test_mteb_zero_shot_equals_wavlink_eval(saved, animal_files, tmp_path):
     accuracy = results.task_results[0].scores["train"][0]["accuracy"]
 
     out = tmp_path / "eval"
-    args = ["zero-shot", "--model", str(saved), "--data", str(tmp_path / "classes"), "--layout", "folder",
+    args = ["zero-shot", "--model", str(saved_real_model), "--data", str(tmp_path / "classes"), "--layout", "folder",
             "--templates", "This is a sound of {label}", "--out", str(out), "--no_progress"]  # fmt: skip
     assert eval_cli.main(args) == 0
     record = json.loads(next(out.glob("*.json")).read_text())

@@ -9,7 +9,7 @@ import sqlite3
 import numpy as np
 import pytest
 import soundfile
-from conftest import tiny_model, tiny_processor
+from conftest import interrupt_call, tiny_model, tiny_processor
 
 from processing_wavlink import SAMPLE_RATE, load_audio
 from wavlink.search import WavLinkIndex
@@ -75,9 +75,11 @@ def test_int8_stays_int8_in_memory(setup, tmp_path):
     quantized, exact = WavLinkIndex.open(tmp_path / "q.index"), WavLinkIndex.open(tmp_path / "f.index")
     assert quantized.table.codes.dtype == np.int8
     query = exact.table.float32()[3]
-    assert [h.path for h in quantized.search(embedding=query, k=3)] == [
-        h.path for h in exact.search(embedding=query, k=3)
-    ]
+    int8_hits, float_hits = quantized.search(embedding=query, k=3), exact.search(embedding=query, k=3)
+    # the same top hits (ranks 2 and 3 sit 4e-4 apart here, closer than int8 rounding can be trusted to keep on every
+    # CPU, so their order is not asserted), with scores that barely move
+    assert int8_hits[0].path == float_hits[0].path and {h.path for h in int8_hits} == {h.path for h in float_hits}
+    np.testing.assert_allclose([h.score for h in int8_hits], [h.score for h in float_hits], atol=0.01)
 
 
 def test_sync_removes_deleted_files_and_picks_up_renamed_ones(setup, tmp_path, capsys):
@@ -109,11 +111,9 @@ def test_segment_spans():
 
 
 @pytest.mark.fixtures
-def test_a_segment_hit_carries_its_time_range(fixtures, real_model, real_processor, tmp_path, capsys):
+def test_a_segment_hit_carries_its_time_range(fixtures, saved_real_model, tmp_path, capsys):
     animals = fixtures / "audio" / "animals"
-    model_dir = tmp_path / "model"
-    real_model.save_pretrained(model_dir)
-    real_processor.save_pretrained(model_dir)
+    model_dir = saved_real_model
     # one long recording: cow, pig, sheep, then the owl at a known offset, then the dog
     parts = [load_audio(str(animals / f"{name}.mp3"), None) for name in ("cow", "pig", "sheep", "owl", "dog")]
     offset = sum(len(p) for p in parts[:3]) / SAMPLE_RATE
@@ -203,15 +203,7 @@ def test_an_interrupted_index_run_leaves_a_consistent_ann_file(setup, tmp_path, 
         os.utime(sounds / file.name, (1e9, 1e9))  # changed: re-embedded in two chunks
     import pipeline_wavlink
 
-    real_loop, calls = pipeline_wavlink.iter_audio_embeddings, []
-
-    def crash_on_second_chunk(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_loop(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline_wavlink, "iter_audio_embeddings", crash_on_second_chunk)
+    interrupt_call(monkeypatch, pipeline_wavlink, "iter_audio_embeddings", 2)  # the second chunk
     with pytest.raises(KeyboardInterrupt):
         build_index(sounds, str(model_dir), out, dim=8, chunk=2, ann_threshold=1, progress=False)
     catalogue = AudioIndex.open(out)

@@ -11,16 +11,8 @@ sentence_transformers = pytest.importorskip("sentence_transformers")
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, real_model, real_processor):
-    folder = tmp_path_factory.mktemp("wavlink-st")
-    real_model.save_pretrained(folder)
-    real_processor.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def st_model(saved):
-    return sentence_transformers.SentenceTransformer(str(saved), trust_remote_code=True, device="cpu")
+def st_model(saved_real_model):
+    return sentence_transformers.SentenceTransformer(str(saved_real_model), trust_remote_code=True, device="cpu")
 
 
 def own_audio(model, processor, clips, dim=None, **kwargs):
@@ -48,11 +40,11 @@ def test_encode_gives_the_models_embeddings(st_model, real_model, real_processor
     )
 
 
-def test_truncate_dim_is_the_matryoshka_dim_and_similarity_is_cosine(saved, real_model, real_processor):
+def test_truncate_dim_is_the_matryoshka_dim_and_similarity_is_cosine(saved_real_model, real_model, real_processor):
     dim = real_model.config.matryoshka_dims[2]
     texts = ["a dog barks", "rain on a tin roof", "a car passes"]
     truncated = sentence_transformers.SentenceTransformer(
-        str(saved), trust_remote_code=True, device="cpu", truncate_dim=dim
+        str(saved_real_model), trust_remote_code=True, device="cpu", truncate_dim=dim
     )
     expected = own_text(real_model, real_processor, texts, dim=dim)
     # sentence-transformers cuts the vector; normalize_embeddings=True re-normalises it, which is what dim= does

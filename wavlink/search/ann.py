@@ -100,19 +100,14 @@ class AnnIndex:
 def up_to_date(index_path, catalogue, table, writable: bool = True) -> AnnIndex:
     """The ANN graph of `catalogue` (an `AudioIndex`) at its current version: loaded if current, extended if only
     additions happened since it was built, else rebuilt; saved back when `writable`."""
-    ann = AnnIndex.load(index_path)
-    version = catalogue.version
-    if ann is not None and ann.stamp.get("version") == version and ann.stamp.get("int8") == catalogue.int8:
-        if ann.stamp.get("count") == len(table):
-            return ann
-    removed_since = int(catalogue.meta.get("last_removal_version", 0)) > int(
-        (ann.stamp if ann else {}).get("version", -1)
-    )
-    if ann is not None and ann.stamp.get("int8") == catalogue.int8 and not removed_since:
-        ann = ann.extend(table, version)
-    else:
-        ann = AnnIndex.build(table, catalogue.int8, version)
-    if len(table) != ann.index.ntotal:  # the catalogue and graph disagree after all: start over
+    ann, version = AnnIndex.load(index_path), catalogue.version
+    if ann is not None and ann.stamp.get("int8") != catalogue.int8:
+        ann = None  # built for the other storage: not this index's graph
+    if ann is not None and ann.stamp.get("version") == version and ann.stamp.get("count") == len(table):
+        return ann
+    removed_since = ann is not None and int(catalogue.meta.get("last_removal_version", 0)) > ann.stamp["version"]
+    ann = ann.extend(table, version) if ann is not None and not removed_since else None
+    if ann is None or ann.index.ntotal != len(table):  # new, stale after a removal, or disagreeing: rebuild
         ann = AnnIndex.build(table, catalogue.int8, version)
     if writable:
         ann.save(index_path)

@@ -180,7 +180,7 @@ def build_index(
         "failures": failures,
         "total_in_index": len(index) if is_main else None,
     }
-    if is_main and index.db.execute("SELECT count(*) FROM vectors").fetchone()[0] >= ann_threshold:
+    if is_main and index.num_vectors() >= ann_threshold:
         up_to_date(out, index, index.load_vectors())  # the ANN graph follows the catalogue it was built from
     return report
 
@@ -188,12 +188,14 @@ def build_index(
 def _embed_chunk(mine, segment, wavlink, processor, dim, batch_size, num_workers, inference_precision, loop):
     """Embed one chunk of files (each whole, or window by window). Returns `(file rows, spans, vectors,
     failures)`; a file is stored only when every one of its windows embedded."""
-    items, owner = [], []
-    for number, (key, _, _) in enumerate(mine):
-        spans = segment_spans(audio_duration(key), *segment) if segment[0] else [(None, None)]
-        for span in spans:
-            items.append(key if span == (None, None) else {"path": key, "start": span[0], "end": span[1]})
-            owner.append(number)
+    items, ranges, durations = [], [], []  # a file's items are consecutive: ranges[i] are file i's
+    for key, _, _ in mine:
+        duration = audio_duration(key) if segment[0] else None  # the header, read once per file
+        first = len(items)
+        for start, end in segment_spans(duration, *segment):
+            items.append(key if start is None else {"path": key, "start": start, "end": end})
+        ranges.append(range(first, len(items)))
+        durations.append(duration)
     vectors = np.zeros((len(items), dim), np.float32)
     seconds = np.zeros(len(items))
     ok = np.zeros(len(items), bool)
@@ -208,15 +210,12 @@ def _embed_chunk(mine, segment, wavlink, processor, dim, batch_size, num_workers
         vectors[batch.indices[good]] = batch.embeds[good]
         seconds[batch.indices] = batch.seconds
         ok[batch.indices[good]] = True
-    owner = np.asarray(owner)
     file_rows, spans, kept = [], [], []
-    for number, (key, size, mtime) in enumerate(mine):
-        rows = np.flatnonzero(owner == number)
-        if not len(rows) or not ok[rows].all():
+    for (key, size, mtime), rows, duration in zip(mine, ranges, durations):
+        if not ok[rows].all():
             continue
-        first = items[rows[0]]
-        whole = isinstance(first, str)
-        duration = float(seconds[rows[0]]) if whole else float(audio_duration(key) or items[rows[-1]]["end"])
+        whole = isinstance(items[rows[0]], str)
+        duration = float(seconds[rows[0]]) if whole else float(duration)
         file_rows.append((key, size, mtime, duration))
         for row in rows:
             item = items[row]
@@ -290,7 +289,7 @@ def merge_shards(shards, out) -> dict:
                 merged._bump(removal=True)
             merged.db.execute("DETACH DATABASE shard")
         counts = {"shards": len(shards), "files": len(merged),
-                  "vectors": merged.db.execute("SELECT count(*) FROM vectors").fetchone()[0]}  # fmt: skip
+                  "vectors": merged.num_vectors()}  # fmt: skip
         merged.db.close()
         os.replace(partial, out)
     finally:
@@ -301,26 +300,30 @@ def merge_shards(shards, out) -> dict:
 # ------------------------------------------------------------------------------------------------ search
 
 
-def search(
+def search_once(
     index_path,
     query: str | None = None,
     audio: str | None = None,
     k: int = 5,
     model: str | None = None,
-    progress: bool = True,
     trust_remote_code: bool = False,
     device: str | None = None,
     per_file: bool = False,
-) -> list[tuple[float, str, float]]:
-    """Top-`k` `(score, path, duration)` for a text or an audio query (cosine similarity): one query through
-    `WavLinkIndex` (open it yourself to ask many)."""
+) -> tuple[WavLinkIndex, list[Hit]]:
+    """Open the index and answer one text or audio query (what `wavlink-search` does; open a `WavLinkIndex`
+    yourself to ask many)."""
     if (query is None) == (audio is None):
         raise ValueError("give a text query or --audio FILE (one of them).")
     check_positive_size("-k", k)
     index = WavLinkIndex.open(index_path, model=model, device=device, trust_remote_code=trust_remote_code)
-    hits = index.search(text=query, k=k, per_file=per_file) if audio is None else index.search(
-        audio=audio, k=k, per_file=per_file)  # fmt: skip
-    return [(hit.score, hit.path, hit.duration) for hit in hits]
+    request = {"text": query} if audio is None else {"audio": audio}
+    return index, index.search(**request, k=k, per_file=per_file)
+
+
+def search(index_path, query=None, audio=None, k: int = 5, **options) -> list[tuple[float, str, float]]:
+    """Top-`k` `(score, path, duration)` for a text or an audio query (cosine similarity); `options` as
+    `search_once`."""
+    return [(hit.score, hit.path, hit.duration) for hit in search_once(index_path, query, audio, k, **options)[1]]
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -435,18 +438,13 @@ def search_main(argv=None) -> int:
         "--json", action="store_true", help="print the hits as JSON (path, score, start, end, duration)"
     )
     parser.add_argument("--model", default=None, help="override the model recorded in the index")
-    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--no_progress", action="store_true", help="accepted for scripts; search shows no progress bar")
     add_trust_remote_code_argument(parser)
     add_device_arguments(parser, workers=False)
     args = parser.parse_args(argv)
     try:
-        if (args.query is None) == (args.audio is None):
-            raise ValueError("give a text query or --audio FILE (one of them).")
-        check_positive_size("-k", args.k)
-        index = WavLinkIndex.open(args.index, model=args.model, device=args.device,
-                                  trust_remote_code=args.trust_remote_code)  # fmt: skip
-        query = {"text": args.query} if args.audio is None else {"audio": args.audio}
-        hits = index.search(**query, k=args.k, per_file=args.per_file)
+        index, hits = search_once(args.index, args.query, args.audio, args.k, args.model, args.trust_remote_code,
+                                  args.device, args.per_file)  # fmt: skip
     except (ValueError, OSError, sqlite3.Error) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,9 @@ Below `ann_threshold` vectors the search is exact (one matrix product; int8 code
 never all at once); above it a FAISS HNSW graph answers (see `ann.py`), kept in step with the catalogue.
 """
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -126,32 +128,29 @@ class WavLinkIndex:
     def _top(self, query: np.ndarray, k: int, per_file: bool) -> list[Hit]:
         wanted = min(len(self.table), k * 20 if per_file else k)
         rows, scores = self._ann_top(query, wanted) if self.ann is not None else self._exact_top(query, wanted)
-        hits, seen = [], set()
-        for row, score in zip(rows, scores):
-            path = self.table.paths[row]
-            if per_file and path in seen:
-                continue
-            seen.add(path)
-            hits.append(Hit(path, float(score), float(self.table.starts[row]), float(self.table.ends[row]),
-                            float(self.table.durations[row])))  # fmt: skip
-            if len(hits) == k:
-                break
-        if per_file and len(hits) < k and wanted < len(self.table):  # many windows of few files: look further
-            return self._top_all_files(query, k)
+        hits = self._hits(rows, scores, k, per_file)
+        if per_file and len(hits) < k and wanted < len(self.table):  # many windows of few files: look at them all
+            hits = self._hits(*self._exact_top(query, len(self.table)), k, per_file)
         return hits
 
-    def _top_all_files(self, query, k):
-        rows, scores = self._exact_top(query, len(self.table))
-        best = {}
+    def _hits(self, rows, scores, k: int, per_file: bool) -> list[Hit]:
+        """The first `k` of `rows` (best first) as hits; with `per_file`, only each file's first (best) row."""
+        table, hits, seen = self.table, [], set()
         for row, score in zip(rows, scores):
-            best.setdefault(self.table.paths[row], (row, score))
-        return [Hit(path, float(score), float(self.table.starts[row]), float(self.table.ends[row]),
-                    float(self.table.durations[row])) for path, (row, score) in list(best.items())[:k]]  # fmt: skip
+            if per_file and table.paths[row] in seen:
+                continue
+            seen.add(table.paths[row])
+            hits.append(Hit(table.paths[row], float(score), float(table.starts[row]), float(table.ends[row]),
+                            float(table.durations[row])))  # fmt: skip
+            if len(hits) == k:
+                break
+        return hits
 
     def _scores(self, query: np.ndarray) -> np.ndarray:
+        """Cosine of `query` with every stored vector (int8 codes widened a block at a time)."""
         codes = self.table.codes
         if codes.dtype != np.int8:
-            return codes @ query
+            return (codes @ query) * self._inverse_norms
         parts = [
             (codes[i : i + BLOCK].astype(np.float32) @ query) * self.table.scales[i : i + BLOCK]
             for i in range(0, len(codes), BLOCK)
@@ -175,7 +174,4 @@ class WavLinkIndex:
 
 
 def _writable(path) -> bool:
-    import os
-    from pathlib import Path
-
     return os.access(Path(path).resolve().parent, os.W_OK)

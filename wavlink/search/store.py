@@ -231,6 +231,9 @@ class AudioIndex:
         """Files in the index."""
         return self.db.execute("SELECT count(*) FROM files").fetchone()[0]
 
+    def num_vectors(self) -> int:
+        return self.db.execute("SELECT count(*) FROM vectors").fetchone()[0]
+
     def load_vectors(self) -> "VectorTable":
         """Every vector as one contiguous array, in id order: float32, or int8 codes with their scales (int8 stays
         int8)."""
@@ -252,7 +255,7 @@ class AudioIndex:
             scales=np.asarray(columns[6], dtype=np.float32),
         )
 
-    def load(self, progress: bool = False) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def load(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Paths, durations and the `(n, dim)` float32 embedding matrix (int8 dequantised), one row per vector."""
         table = self.load_vectors()
         return table.paths, table.durations, table.float32()
