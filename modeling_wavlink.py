@@ -277,7 +277,7 @@ class WavLinkAudioEncoder(WhisperEncoder):
             and `pooler_output` `(batch, d_model)`, the pooled audio representation before projection.
         """
         self._check_shape(input_features)
-        hidden, frame_mask = self._front_end(input_features, input_features_mask)
+        hidden, frame_mask = self.embed_frames(input_features, input_features_mask)
         if global_token is not None:
             hidden = torch.cat([hidden, global_token(hidden.shape[0]).to(hidden.dtype)], dim=1)
             if frame_mask is not None:
@@ -319,7 +319,7 @@ class WavLinkAudioEncoder(WhisperEncoder):
                 "Let the processor split long audio into windows."
             )
 
-    def _front_end(self, input_features, input_features_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def embed_frames(self, input_features, input_features_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
         """conv1, conv2 and positions. Mel frames past a clip's end are zeroed before conv1 and conv1's output before
         conv2, which is the zero padding each conv sees when the clip runs alone (conv2 has stride 2: an odd clip's
         last frame would otherwise read a padded frame). Returns `(hidden, frame_mask)`, the mask None if all real."""

@@ -26,12 +26,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from wavlink.training.budget import TIME_SCHEDULES, TrainingClock, time_schedule
+from wavlink.training.budget import TIME_SCHEDULES, TrainingClock, progress_schedule, time_schedule
 from wavlink.training.checkpoints import TrainerState, check_resumed_arguments, resolve_resume, save_checkpoint
 from wavlink.training.memory import release_freed_memory
 from wavlink.training.regimes import apply_regime, count_parameters, parameter_groups
+from wavlink.training.token_init import GLOBAL_TOKEN_INITS, init_global_token
 
 logger = logging.getLogger("wavlink.train")
+
+# What `--recipe` sets where the options are not given. "wavlink" is what measured best for the global token on the
+# quality benchmark (README, "Does the global token earn its place?"); "paper" is the paper's setting.
+TOKEN_RECIPES = {
+    "wavlink": {"global_token_init": "frame_mean", "new_parameters_lr_multiplier": 10.0},
+    "paper": {"global_token_init": "normal", "new_parameters_lr_multiplier": 1.0},
+}
 
 FINETUNE = ("full", "lora", "projector")
 SCOPES = ("both", "audio")
@@ -88,6 +96,29 @@ class ModelArguments:
     text_pooling: str | None = field(
         default=None, metadata={"help": "eos, cls or mean (default: per text tower family, or the checkpoint's)."}
     )
+    recipe: str = field(
+        default="wavlink",
+        metadata={
+            "help": "Defaults for the token's recipe, where those options are not given: wavlink (measured on the "
+            "quality benchmark: a new global token starts at the mean input frame, the new parts learn at 10x the "
+            "towers' rate) or paper (the paper's: a N(0, 0.02) token, one rate for everything)."
+        },
+    )
+    global_token_init: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where a new global token starts: normal (the paper: N(0, 0.02)) or frame_mean (the mean of the "
+            "audio tower's input frames over the first 64 training clips). Default: the recipe's; a checkpoint's "
+            "trained token is kept."
+        },
+    )
+    temperature_init: float | None = field(
+        default=None,
+        metadata={
+            "help": "Initial softmax temperature of a new model (default: 0.07 for CLIP's loss, 0.1 for SigLIP's); "
+            "it is learned from there."
+        },
+    )
     finetune: str = field(default="full", metadata={"help": "Regime: full, lora or projector (both towers frozen)."})
     train_towers: str = field(default="both", metadata={"help": "both, or audio (text tower frozen)."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -119,6 +150,23 @@ class ModelArguments:
             f"{self.text_pooling!r} is not one of ('eos', 'cls', 'mean').",
         )
         _check(self.lora_rank > 0, "lora_rank", "must be positive.")
+        _check(self.recipe in TOKEN_RECIPES, "recipe", f"{self.recipe!r} is not one of {tuple(TOKEN_RECIPES)}.")
+        _check(
+            self.global_token_init in (None, *GLOBAL_TOKEN_INITS),
+            "global_token_init",
+            f"{self.global_token_init!r} is not one of {GLOBAL_TOKEN_INITS}.",
+        )
+        _check(
+            self.global_token_init in (None, "normal") or self.audio_pooling != "mean",
+            "global_token_init",
+            f"{self.global_token_init!r} initialises a global token; --audio_pooling mean has none.",
+        )
+        _check(self.temperature_init is None or self.temperature_init > 0, "temperature_init", "must be positive.")
+        _check(
+            self.temperature_init is None or self.model_name_or_path is None,
+            "temperature_init",
+            "applies to a new model; a checkpoint's temperature is already learned.",
+        )
         _check(self.projection_dim is None or self.projection_dim > 0, "projection_dim", "must be positive.")
         if self.model_name_or_path is None:
             pretrained, random = (
@@ -218,11 +266,19 @@ class TrainArguments:
         },
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate (paper: 1e-4)."})
-    new_parameters_lr_multiplier: float = field(
-        default=1.0,
+    new_parameters_lr_multiplier: float | None = field(
+        default=None,
         metadata={
             "help": "Learning rate of the parts WavLink adds to the towers (global token, projectors, temperature) "
-            "as a multiple of learning_rate; 1 is the paper's single rate."
+            "as a multiple of learning_rate. Default: the recipe's (wavlink 10; paper 1, one rate for everything)."
+        },
+    )
+    freeze_towers_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "Warm start: for this share of the run (steps, or the time budget) only WavLink's new parts "
+            "(global token, projectors, temperature) learn, on the pretrained towers held still; the towers then warm "
+            "up and decay over the rest. 0 (the paper) trains everything from the first step."
         },
     )
     weight_decay: float = field(
@@ -291,13 +347,23 @@ class TrainArguments:
         )
         _check(self.max_steps is None or self.max_steps > 0, "max_steps", "must be positive.")
         _check(self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes", "must be positive.")
-        _check(self.new_parameters_lr_multiplier > 0, "new_parameters_lr_multiplier", "must be positive.")
+        _check(
+            self.new_parameters_lr_multiplier is None or self.new_parameters_lr_multiplier > 0,
+            "new_parameters_lr_multiplier",
+            "must be positive.",
+        )
         _check(
             self.max_train_minutes is None or self.lr_scheduler_type in TIME_SCHEDULES,
             "lr_scheduler_type",
             f"must be one of {', '.join(TIME_SCHEDULES)} with --max_train_minutes (the schedule follows time).",
         )
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be within [0, 1).")
+        _check(0 <= self.freeze_towers_ratio < 1, "freeze_towers_ratio", "must be within [0, 1).")
+        _check(
+            self.freeze_towers_ratio == 0 or self.lr_scheduler_type in TIME_SCHEDULES,
+            "lr_scheduler_type",
+            f"must be one of {', '.join(TIME_SCHEDULES)} with --freeze_towers_ratio.",
+        )
         _check(self.learning_rate > 0, "learning_rate", "must be positive.")
         _check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1.")
         _check(self.save_total_limit >= 1, "save_total_limit", "must be >= 1.")
@@ -341,7 +407,10 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments
             if isinstance(values.get(key), dict):
                 values[key] = json.dumps(values[key])
         parser.set_defaults(**values)
-    return parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    if args.new_parameters_lr_multiplier is None:
+        args.new_parameters_lr_multiplier = TOKEN_RECIPES[model_args.recipe]["new_parameters_lr_multiplier"]
+    return model_args, data_args, args
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -355,6 +424,8 @@ def config_overrides(model_args: ModelArguments) -> dict:
         text_pooling=model_args.text_pooling,
         matryoshka_dims=model_args.matryoshka_dims,
     )
+    if model_args.temperature_init is not None:
+        given["logit_scale_init_value"] = -math.log(model_args.temperature_init)
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -576,8 +647,9 @@ def train(argv=None):
 
     # 1. Options: every one is validated here, before any weights load.
     model_args, data_args, args = parse_args(argv)
-    check_run_options(data_args, args)
+    check_run_options(model_args, data_args, args)
     start_config = checkpoint_config(model_args) if model_args.model_name_or_path else None
+    token_init = resolve_global_token_init(model_args)
     output_dir = Path(args.output_dir)
     run_arguments = {**asdict(model_args), **asdict(data_args), **asdict(args)}
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
@@ -598,6 +670,7 @@ def train(argv=None):
     needs_tokenizer = model_args.model_name_or_path is None and model_args.text_config is not None
     captions = sample_captions(train_table) if needs_tokenizer else None
     model, processor = build_model_and_processor(model_args, captions, config=start_config)
+    init_global_token(model, processor, train_table, token_init, max_seconds=data_args.max_audio_seconds)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_regime(model, model_args)
@@ -680,7 +753,7 @@ def train(argv=None):
             check_bad_fraction(state, data_args.max_bad_sample_fraction)
             last_step = state.step == max_steps or out_of_time
             if state.step % args.logging_steps == 0 or last_step:
-                record = window.record(state, scheduler.get_last_lr()[0], logit_scale)
+                record = window.record(state, learning_rates(optimizer), logit_scale)
                 if clock is not None:
                     record["train_seconds"] = round(clock.spent, 3)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
@@ -725,7 +798,32 @@ def refuse_pickled_objects(checkpoint: Path) -> None:
         )
 
 
-def check_run_options(data_args: DataArguments, args: TrainArguments) -> None:
+def resolve_global_token_init(model_args: ModelArguments) -> str:
+    """How to initialise the global token: as given, else the recipe's for a new token; "normal" leaves the model's
+    own (no token, or one a checkpoint trained). Asking to re-initialise a checkpoint's trained token is refused."""
+    from configuration_wavlink import WavLinkConfig
+
+    checkpoint_pooling = None
+    if model_args.model_name_or_path:
+        checkpoint_pooling = WavLinkConfig.get_config_dict(model_args.model_name_or_path)[0].get("audio_pooling")
+    pooling = model_args.audio_pooling or checkpoint_pooling or "global_token"
+    trained = checkpoint_pooling == "global_token"
+    if model_args.global_token_init is not None:
+        if model_args.global_token_init != "normal" and trained and pooling == "global_token":
+            raise ValueError(
+                f"--global_token_init: {model_args.model_name_or_path!r} already has a trained global token; the "
+                "option applies to a new one (a new model, or a checkpoint trained with mean pooling)."
+            )
+        return model_args.global_token_init
+    if pooling != "global_token" or trained:
+        return "normal"
+    return TOKEN_RECIPES[model_args.recipe]["global_token_init"]
+
+
+def check_run_options(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments) -> None:
+    """The checks that need options from more than one group."""
+    if args.freeze_towers_ratio and model_args.finetune == "projector":
+        raise ValueError("--freeze_towers_ratio: --finetune projector never trains the towers; drop one of the two.")
     if data_args.streaming and not (args.max_steps or args.max_train_minutes):
         raise ValueError(
             "--streaming needs --max_steps or --max_train_minutes (a stream has no length to count epochs by)."
@@ -849,17 +947,33 @@ def make_optimizer_and_schedule(model, args: TrainArguments, max_steps: int, clo
     that follows the share of the time budget spent)."""
     from transformers import get_scheduler
 
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, args.weight_decay, args.learning_rate, args.new_parameters_lr_multiplier),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
+    warm_start = args.freeze_towers_ratio > 0
+    groups = parameter_groups(
+        model, args.weight_decay, args.learning_rate, args.new_parameters_lr_multiplier, separate_new=warm_start
     )
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  eps=args.adam_epsilon)  # fmt: skip
     if clock is not None:
-        return optimizer, time_schedule(optimizer, args.lr_scheduler_type, args.warmup_ratio, clock)
+        schedule = time_schedule(optimizer, args.lr_scheduler_type, args.warmup_ratio, clock, args.freeze_towers_ratio)
+        return optimizer, schedule
+    if warm_start:  # the new parts and the towers on schedules of their own, in steps
+        schedule = progress_schedule(optimizer, args.lr_scheduler_type, args.warmup_ratio,
+                                     lambda step: step / max_steps, args.freeze_towers_ratio)  # fmt: skip
+        return optimizer, schedule
     warmup = int(args.warmup_ratio * max_steps)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)
     return optimizer, scheduler
+
+
+def learning_rates(optimizer) -> dict:
+    """The rates to log: `lr`, the towers' (the only one when all parts share it), and `lr_new_parameters`, the new
+    parts' when they have a rate or a schedule of their own."""
+    towers = [g["lr"] for g in optimizer.param_groups if not g.get("new_parameters")]
+    new = [g["lr"] for g in optimizer.param_groups if g.get("new_parameters")]
+    rates = {"lr": (towers or new)[0]}
+    if towers and new:
+        rates["lr_new_parameters"] = new[0]
+    return rates
 
 
 def init_tracking(accelerator, base_model, run_arguments: dict) -> None:
@@ -898,13 +1012,13 @@ class LogWindow:
         self.loss += loss.detach().float()
         self.micro += 1
 
-    def record(self, state: TrainerState, lr: float, logit_scale) -> dict:
+    def record(self, state: TrainerState, rates: dict, logit_scale) -> dict:
         elapsed = time.perf_counter() - self.start
         record = {
             "step": state.step,
             "epoch": state.epoch,
             "loss": float(self.accelerator.reduce(self.loss / self.micro, reduction="mean")),
-            "lr": lr,
+            **rates,
             "samples_per_second": self.samples / elapsed,
             "logit_scale": float(logit_scale),
             "samples_seen": state.samples_seen,

@@ -95,6 +95,12 @@ def read_log(output_dir) -> list[dict]:
         (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size"),
         (["--eval_steps", "0"], "--eval_steps"),
         (["--dataloader_num_workers", "-1"], "--dataloader_num_workers"),
+        (["--global_token_init", "xavier"], "--global_token_init"),
+        (["--global_token_init", "frame_mean", "--audio_pooling", "mean"], "--global_token_init.*has none"),
+        (["--temperature_init", "0"], "--temperature_init"),
+        (["--freeze_towers_ratio", "1"], "--freeze_towers_ratio"),
+        (["--freeze_towers_ratio", "0.2", "--finetune", "projector"], "--freeze_towers_ratio.*never trains"),
+        (["--freeze_towers_ratio", "0.2", "--lr_scheduler_type", "polynomial"], "lr_scheduler_type.*freeze_towers"),
     ],
 )
 def test_wrong_values_fail_before_weights_load_naming_the_option(tmp_path, synthetic, flags, needle, monkeypatch):
@@ -145,6 +151,8 @@ def checkpoint_run_config(path, synthetic, checkpoint, **overrides) -> str:
     [
         (["--projection_dim", "8"], "--projection_dim: 8 differs from the checkpoint's 16"),
         (["--matryoshka_dims", "16", "5", "10"], "--matryoshka_dims: cannot apply"),
+        (["--global_token_init", "frame_mean"], "--global_token_init: .* already has a trained global token"),
+        (["--temperature_init", "0.05"], "--temperature_init: applies to a new model"),
     ],
 )
 def test_model_options_that_cannot_apply_to_a_checkpoint_fail_before_weights_load(
@@ -584,6 +592,9 @@ def test_paper_recipes_parse_and_need_only_their_data(recipe):
         values["learning_rate"] == 1e-4 and values["warmup_ratio"] == 0.05 and values["lr_scheduler_type"] == "cosine"
     )
     assert values["mixed_precision"] == "bf16" and values["num_train_epochs"] == 3
+    # the paper's token recipe: its N(0, 0.02) start and one learning rate for everything
+    assert values["recipe"] == "paper" and not {"global_token_init", "new_parameters_lr_multiplier"} & set(values)
+    assert train.TOKEN_RECIPES["paper"] == {"global_token_init": "normal", "new_parameters_lr_multiplier": 1.0}
 
 
 def test_streaming_and_mixed_training_sets(tmp_path, synthetic):
@@ -648,6 +659,16 @@ def test_resume_checks_what_it_resumes(tmp_path, synthetic, caplog):
                      "--max_steps", "6", "--logging_steps", "2"])  # fmt: skip
     assert "--max_steps: 4 -> 6" in caplog.text and "--logging_steps: 1 -> 2" in caplog.text
     assert [r["step"] for r in read_log(tmp_path / "longer") if "loss" in r] == [4, 6]
+    # a checkpoint saved before the newer options existed resumes with their old behaviour, and refuses another
+    from wavlink.training.checkpoints import ADDED_OPTIONS
+
+    saved_file = run / "checkpoint-2" / "run_arguments.json"
+    saved = json.loads(saved_file.read_text())
+    saved_file.write_text(json.dumps({k: v for k, v in saved.items() if k not in ADDED_OPTIONS}))
+    train.train([config, "--output_dir", str(tmp_path / "old"), "--resume_from_checkpoint", checkpoint])
+    with pytest.raises(ValueError, match="--freeze_towers_ratio: 0.0 in the checkpoint, 0.5 now"):
+        train.train([config, "--output_dir", str(tmp_path / "y"), "--resume_from_checkpoint", checkpoint,
+                     "--freeze_towers_ratio", "0.5"])  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ time budget
@@ -708,7 +729,115 @@ def test_new_parameters_learning_rate_reaches_the_optimizer(tmp_path, synthetic)
     scheduler.step()  # the schedule scales every group alike: the ratio holds
     rates = {is_new_parameter(names[id(g["params"][0])]): g["lr"] for g in optimizer.param_groups}
     assert rates[True] == pytest.approx(10 * rates[False]) and rates[False] == pytest.approx(2e-4 * 0.9)
-    # the default is the paper's single rate, in WavLink 0.1's two groups (decay, no decay): old checkpoints resume
-    model_args, _, args = train.parse_args([config])
+    # the recipe's rate unless given: 10x by default; the paper's single rate, in WavLink 0.1's two groups (decay,
+    # no decay), with --recipe paper
+    assert train.parse_args([config])[2].new_parameters_lr_multiplier == 10
+    model_args, _, args = train.parse_args([config, "--recipe", "paper"])
     optimizer, _ = train.make_optimizer_and_schedule(model, args, max_steps=10)
     assert [g["weight_decay"] > 0 for g in optimizer.param_groups] == [True, False]
+
+
+# ------------------------------------------------------------------------------------------------ the token's recipe
+
+
+def test_tower_warm_start_schedule():
+    from wavlink.training.budget import progress_schedule, time_multiplier
+
+    towers, new = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW(
+        [{"params": [towers], "new_parameters": False}, {"params": [new], "new_parameters": True, "lr": 1.0}], lr=0.1
+    )
+    scheduler = progress_schedule(optimizer, "linear", 0.1, lambda step: step / 10, frozen_towers_ratio=0.4)
+    rates = []
+    for _ in range(10):
+        rates.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    # the new parts follow the whole run's schedule; the towers are held for 40%, then warm up and decay over 60%
+    assert [r[1] for r in rates] == pytest.approx([time_multiplier("linear", 0.1, k / 10) for k in range(10)])
+    assert [r[0] for r in rates[:4]] == [0.0] * 4
+    assert [r[0] for r in rates[4:]] == pytest.approx([0.1 * time_multiplier("linear", 0.1, k / 6) for k in range(6)])
+
+
+def test_warm_start_holds_the_towers_still_then_trains_them(tmp_path, synthetic):
+    config = write_config(tmp_path / "c.yaml", synthetic, max_steps=4, save_steps=None, eval_file=None,
+                          lr_scheduler_type="linear", warmup_ratio=0.0)  # fmt: skip
+    start = initial_state(config, synthetic)
+    # held for 3 of 4 steps, and the towers' own warm-up takes the 4th: they never move
+    _, _, held = train.train([config, "--output_dir", str(tmp_path / "held"), "--freeze_towers_ratio", "0.75",
+                              "--warmup_ratio", "0.5"])  # fmt: skip
+    trained = weights(held)
+    for name, value in trained.items():
+        if name.startswith(("audio_model.", "text_model.")):
+            assert torch.equal(value, start[name]), name  # no update and no weight decay
+    for name in ("audio_global_token.embedding", "audio_projection.weight", "text_projection.weight"):
+        assert not torch.equal(trained[name], start[name]), name
+    log = [r for r in read_log(tmp_path / "held") if "loss" in r]
+    assert [r["lr"] for r in log] == [0.0] * 4 and all(r["lr_new_parameters"] > 0 for r in log[:-1])
+    # held for half the run, then trained at the full rate (no warm-up): the towers move
+    _, _, released = train.train([config, "--output_dir", str(tmp_path / "released"), "--freeze_towers_ratio", "0.5"])
+    moved = weights(released)
+    assert not torch.equal(moved["audio_model.layers.0.fc1.weight"], start["audio_model.layers.0.fc1.weight"])
+    assert not torch.equal(moved["text_model.encoder.layer.0.output.dense.weight"],
+                           start["text_model.encoder.layer.0.output.dense.weight"])  # fmt: skip
+
+
+def test_frame_mean_token_is_the_mean_of_whisper_input_frames(fixtures, tmp_path):
+    """Against stock Whisper: its feature extractor per clip, its conv front-end and positions, averaged by hand."""
+    import torch.nn.functional as F
+    from transformers import WhisperFeatureExtractor, WhisperModel
+
+    from modeling_wavlink import WavLinkModel
+    from processing_wavlink import WavLinkProcessor, load_audio
+    from wavlink.training.token_init import init_global_token
+
+    clips = sorted((fixtures / "audio").rglob("*.mp3"))[:4]
+    assert len(clips) == 4
+    table_path = tmp_path / "t.csv"
+    table_path.write_text("audio,caption\n" + "".join(f"{c},a sound\n" for c in clips))
+    table = load_caption_table(str(table_path))
+    whisper, minilm = fixtures / "whisper-tiny.en", fixtures / "all-MiniLM-L6-v2"
+    model = WavLinkModel.from_towers(str(whisper), str(minilm), projection_dim=32)
+    processor = WavLinkProcessor.from_towers(str(whisper), str(minilm))
+    init_global_token(model, processor, table, "frame_mean", num_clips=4)
+
+    encoder = WhisperModel.from_pretrained(whisper).encoder.float().eval()
+    extractor = WhisperFeatureExtractor.from_pretrained(whisper)
+    frames = []
+    with torch.no_grad():
+        for clip in clips:
+            waveform = load_audio(str(clip), None, 16000)
+            features = extractor(waveform, sampling_rate=16000, padding="do_not_pad", return_tensors="pt")
+            mel = features.input_features[:, :, : len(waveform) // 160]
+            hidden = F.gelu(encoder.conv2(F.gelu(encoder.conv1(mel)))).transpose(1, 2)[0]
+            frames.append(hidden + encoder.embed_positions.weight[: hidden.shape[0]])
+    expected = torch.cat(frames).mean(dim=0)
+    torch.testing.assert_close(model.audio_global_token.embedding.data, expected, atol=2e-4, rtol=1e-4)
+    assert expected.norm() > 10 * 0.02 * expected.numel() ** 0.5  # far from the paper's N(0, 0.02) start
+
+
+def test_temperature_init_sets_a_new_models_starting_temperature(tmp_path, synthetic):
+    config = write_config(tmp_path / "c.yaml", synthetic)
+    model_args, _, _ = train.parse_args([config, "--temperature_init", "0.05"])
+    captions = train.sample_captions(load_caption_table(str(synthetic["train"])))
+    model = train.build_model_and_processor(model_args, captions)[0]
+    assert float(model.logit_head.logit_scale.exp()) == pytest.approx(20.0)
+
+
+def test_recipe_decides_a_new_tokens_start_and_never_touches_a_trained_one(tmp_path, synthetic, saved_checkpoint):
+    def resolved(*flags, checkpoint=None):
+        argv = [write_config(tmp_path / "c.yaml", synthetic), *flags]
+        if checkpoint is not None:
+            argv = [checkpoint_run_config(tmp_path / "k.yaml", synthetic, checkpoint), *flags]
+        return train.resolve_global_token_init(train.parse_args(argv)[0])
+
+    assert resolved() == "frame_mean" and resolved("--recipe", "paper") == "normal"
+    assert resolved("--recipe", "paper", "--global_token_init", "frame_mean") == "frame_mean"
+    assert resolved("--audio_pooling", "mean") == "normal"  # no token to initialise
+    assert resolved(checkpoint=saved_checkpoint) == "normal"  # its token is trained: kept
+    mean_checkpoint = tmp_path / "mean-checkpoint"
+    from conftest import tiny_model
+
+    tiny_model(seed=2, audio_pooling="mean").save_pretrained(mean_checkpoint)
+    # a checkpoint trained with mean pooling gets a new token, started as the recipe says
+    assert resolved("--audio_pooling", "global_token", checkpoint=mean_checkpoint) == "frame_mean"

@@ -25,12 +25,21 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "quality"))
 from generate import generate  # noqa: E402
 
 # Each recipe is train.py flags on top of the common ones; "paper" is WavLink 0.1's (and the paper's) single rate.
+# Every recipe starts from `--recipe paper` and names what it changes, so it means the same whatever the defaults.
+PAPER = ["--recipe", "paper"]
+X10 = [*PAPER, "--new_parameters_lr_multiplier", "10"]
 RECIPES = {
-    "paper": [],
-    "new-lr-x10": ["--new_parameters_lr_multiplier", "10"],
-    "new-lr-x10-warmup20": ["--new_parameters_lr_multiplier", "10", "--warmup_ratio", "0.2"],
-    "siglip": ["--loss_type", "siglip"],
+    "paper": PAPER,
+    "new-lr-x10": X10,
+    "new-lr-x10-warmup20": [*X10, "--warmup_ratio", "0.2"],
+    "siglip": [*PAPER, "--loss_type", "siglip"],
+    "paper-frame-mean": [*PAPER, "--global_token_init", "frame_mean"],
+    "x10-frame-mean": [*X10, "--global_token_init", "frame_mean"],
+    "x10-warm-start-20": [*X10, "--freeze_towers_ratio", "0.2"],
+    "x10-temperature-0.03": [*X10, "--temperature_init", "0.03"],
 }
+# Flags that only mean something for a global token (mean pooling runs the recipe without them).
+TOKEN_ONLY = {"--global_token_init"}
 POOLINGS = ("global_token", "mean")
 METRICS = (("t2a_R@1", "256"), ("t2a_R@1", "32"), ("a2t_R@1", "256"))
 
@@ -45,6 +54,14 @@ def call(command: list[str]) -> None:
         raise SystemExit(f"{' '.join(command[:4])} ... failed:\n{done.stderr[-3000:]}")
 
 
+def recipe_flags(recipe: str, pooling: str) -> list[str]:
+    flags = RECIPES[recipe]
+    if pooling == "global_token":
+        return list(flags)
+    pairs = zip(flags[::2], flags[1::2])
+    return [item for name, value in pairs if name not in TOKEN_ONLY for item in (name, value)]
+
+
 def run_one(recipe: str, pooling: str, seed: int, minutes: float, data: dict, out: Path) -> dict:
     folder = out / f"{recipe}-{pooling}-{seed}"
     command = [
@@ -54,7 +71,7 @@ def run_one(recipe: str, pooling: str, seed: int, minutes: float, data: dict, ou
         "--max_train_minutes", str(minutes), "--per_device_train_batch_size", "32", "--learning_rate", "1e-4",
         "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.05", "--mixed_precision", "bf16", "--group_by_length",
         "--audio_pooling", pooling, "--seed", str(seed), "--report_to", "none", "--save_steps", "0",
-        "--logging_steps", "10", *RECIPES[recipe],
+        "--logging_steps", "10", *recipe_flags(recipe, pooling),
     ]  # fmt: skip
     start = time.perf_counter()
     call(command)

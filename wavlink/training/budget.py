@@ -46,18 +46,39 @@ class TrainingClock:
         return self.spent >= self.budget
 
 
-def time_schedule(optimizer, kind: str, warmup_ratio: float, clock: TrainingClock):
-    """A `LambdaLR` whose multiplier is read from `clock.fraction` at every `scheduler.step()`."""
+def time_schedule(optimizer, kind: str, warmup_ratio: float, clock: TrainingClock, frozen_towers_ratio: float = 0.0):
+    """A `LambdaLR` whose multipliers are read from `clock.fraction` at every `scheduler.step()`."""
     if kind not in TIME_SCHEDULES:
         raise ValueError(
             f"lr_scheduler_type={kind!r} cannot follow a time budget; with --max_train_minutes use one of "
             f"{', '.join(TIME_SCHEDULES)}."
         )
+    return progress_schedule(optimizer, kind, warmup_ratio, lambda _step: clock.fraction, frozen_towers_ratio)
 
-    def multiplier(_step: int) -> float:
-        return time_multiplier(kind, warmup_ratio, clock.fraction)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+def progress_schedule(optimizer, kind: str, warmup_ratio: float, progress, frozen_towers_ratio: float = 0.0):
+    """A `LambdaLR` with one multiplier per parameter group, from `progress(step)`, the share of training done.
+
+    WavLink's new parts (groups marked `new_parameters`) follow the schedule over the whole run. With
+    `frozen_towers_ratio` R > 0 the towers are held still (multiplier 0) for the first R of the run, a warm start in
+    which only the new parts learn on the pretrained towers, then follow the same schedule shape (warm-up, decay)
+    over what is left, so both end at zero together."""
+
+    def new_parts(step: int) -> float:
+        return time_multiplier(kind, warmup_ratio, progress(step))
+
+    def towers(step: int) -> float:
+        return tower_multiplier(kind, warmup_ratio, progress(step), frozen_towers_ratio)
+
+    lambdas = [new_parts if group.get("new_parameters") else towers for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def tower_multiplier(kind: str, warmup_ratio: float, fraction: float, frozen_ratio: float) -> float:
+    """The towers' multiplier: 0 during the warm start, then the schedule's shape over the rest of the run."""
+    if fraction < frozen_ratio:
+        return 0.0
+    return time_multiplier(kind, warmup_ratio, (fraction - frozen_ratio) / (1.0 - frozen_ratio))
 
 
 def time_multiplier(kind: str, warmup_ratio: float, fraction: float) -> float:

@@ -14,6 +14,11 @@ RESUMABLE_CHANGES = {
     "release_memory_steps", "per_device_eval_batch_size", "eval_file", "eval_dataset", "eval_split",
     "max_eval_samples", "max_bad_sample_fraction", "cpu", "gradient_checkpointing", "merge_lora",
 }  # fmt: skip
+# Options added after run arguments were first saved, with the value a checkpoint that lacks them was trained with.
+ADDED_OPTIONS = {
+    "max_train_minutes": None, "new_parameters_lr_multiplier": 1.0, "recipe": "paper", "global_token_init": None,
+    "freeze_towers_ratio": 0.0, "temperature_init": None,
+}  # fmt: skip
 
 
 def check_resumed_arguments(checkpoint: Path, run_arguments: dict) -> list[str]:
@@ -23,7 +28,7 @@ def check_resumed_arguments(checkpoint: Path, run_arguments: dict) -> list[str]:
     saved_file = Path(checkpoint) / RUN_ARGUMENTS
     if not saved_file.exists():
         return []
-    saved = json.loads(saved_file.read_text())
+    saved = {**ADDED_OPTIONS, **json.loads(saved_file.read_text())}
     now = json.loads(json.dumps(run_arguments, default=str))  # the same normal form as the saved file
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     refused = [k for k in changed if k not in RESUMABLE_CHANGES]

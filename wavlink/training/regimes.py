@@ -65,21 +65,29 @@ def is_new_parameter(name: str) -> bool:
     return any(part in name for part in NEW_PARAMETERS)
 
 
-def parameter_groups(model, weight_decay: float, learning_rate: float | None = None, new_lr_multiplier: float = 1.0):
+def parameter_groups(
+    model,
+    weight_decay: float,
+    learning_rate: float | None = None,
+    new_lr_multiplier: float = 1.0,
+    separate_new: bool = False,
+):
     """AdamW groups. Weight decay on matrices only: never on norms, biases, the temperature/bias or the global token.
     With `learning_rate`, each group carries its rate: the towers `learning_rate`, WavLink's new parts (global token,
     projectors, temperature) `learning_rate * new_lr_multiplier`, since they start from scratch and the towers do
-    not."""
+    not. The new parts get groups of their own (marked `new_parameters: True`) when their rate differs or when
+    `separate_new` asks (a schedule of their own: the towers' warm start)."""
     groups = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decays = not (param.ndim < 2 or "logit_head" in name or "global_token" in name)
-        new = is_new_parameter(name) and new_lr_multiplier != 1  # one rate: the two groups of WavLink 0.1
+        # one rate and one schedule: the two groups of WavLink 0.1 (its checkpoints' optimizer states still load)
+        new = is_new_parameter(name) and (new_lr_multiplier != 1 or separate_new)
         groups.setdefault((decays, new), []).append(param)
     result = []
     for (decays, new), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1])):
-        group = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+        group = {"params": params, "weight_decay": weight_decay if decays else 0.0, "new_parameters": new}
         if learning_rate is not None:
             group["lr"] = learning_rate * (new_lr_multiplier if new else 1.0)
         result.append(group)
