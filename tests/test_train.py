@@ -659,16 +659,22 @@ def test_resume_checks_what_it_resumes(tmp_path, synthetic, caplog):
                      "--max_steps", "6", "--logging_steps", "2"])  # fmt: skip
     assert "--max_steps: 4 -> 6" in caplog.text and "--logging_steps: 1 -> 2" in caplog.text
     assert [r["step"] for r in read_log(tmp_path / "longer") if "loss" in r] == [4, 6]
-    # a checkpoint saved before the newer options existed resumes with their old behaviour, and refuses another
+    # a checkpoint saved before the newer options existed (WavLink 0.2: the paper's recipe) resumes with their old
+    # behaviour, and names the options to give when the defaults have moved on
     from wavlink.training.checkpoints import ADDED_OPTIONS
 
-    saved_file = run / "checkpoint-2" / "run_arguments.json"
+    legacy = tmp_path / "legacy"
+    train.train([config, "--output_dir", str(legacy), "--recipe", "paper"])
+    saved_file = legacy / "checkpoint-2" / "run_arguments.json"
     saved = json.loads(saved_file.read_text())
     saved_file.write_text(json.dumps({k: v for k, v in saved.items() if k not in ADDED_OPTIONS}))
-    train.train([config, "--output_dir", str(tmp_path / "old"), "--resume_from_checkpoint", checkpoint])
+    old = str(legacy / "checkpoint-2")
+    with pytest.raises(ValueError, match="--recipe: 'paper' in the checkpoint, 'wavlink' now.*add --recipe paper"):
+        train.train([config, "--output_dir", str(tmp_path / "y"), "--resume_from_checkpoint", old])
+    train.train([config, "--output_dir", str(tmp_path / "old"), "--resume_from_checkpoint", old, "--recipe", "paper"])
     with pytest.raises(ValueError, match="--freeze_towers_ratio: 0.0 in the checkpoint, 0.5 now"):
-        train.train([config, "--output_dir", str(tmp_path / "y"), "--resume_from_checkpoint", checkpoint,
-                     "--freeze_towers_ratio", "0.5"])  # fmt: skip
+        train.train([config, "--output_dir", str(tmp_path / "z"), "--resume_from_checkpoint", old,
+                     "--recipe", "paper", "--freeze_towers_ratio", "0.5"])  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ time budget

@@ -89,12 +89,13 @@ def run_one(recipe: str, pooling: str, seed: int, minutes: float, data: dict, ou
 
 def summarise(runs: list[dict]) -> tuple[list[dict], str]:
     rows = []
-    for recipe in dict.fromkeys(r["recipe"] for r in runs):
+    groups = dict.fromkeys((r["minutes"], r["recipe"]) for r in runs)
+    for minutes, recipe in sorted(groups, key=lambda group: group[0]):  # by budget, recipes in the order run
         for pooling in POOLINGS:
-            mine = [r for r in runs if r["recipe"] == recipe and r["pooling"] == pooling]
+            mine = [r for r in runs if (r["minutes"], r["recipe"], r["pooling"]) == (minutes, recipe, pooling)]
             if not mine:
                 continue
-            row = {"recipe": recipe, "audio pooling": pooling, "seeds": len(mine),
+            row = {"minutes": minutes, "recipe": recipe, "audio pooling": pooling, "seeds": len(mine),
                    "steps": round(statistics.mean(r["steps"] for r in mine)),
                    "wall s": round(statistics.mean(r["wall_seconds"] for r in mine))}  # fmt: skip
             for metric, dim in METRICS:

@@ -28,7 +28,8 @@ def check_resumed_arguments(checkpoint: Path, run_arguments: dict) -> list[str]:
     saved_file = Path(checkpoint) / RUN_ARGUMENTS
     if not saved_file.exists():
         return []
-    saved = {**ADDED_OPTIONS, **json.loads(saved_file.read_text())}
+    stored = json.loads(saved_file.read_text())
+    saved = {**ADDED_OPTIONS, **stored}
     now = json.loads(json.dumps(run_arguments, default=str))  # the same normal form as the saved file
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     refused = [k for k in changed if k not in RESUMABLE_CHANGES]
@@ -38,6 +39,11 @@ def check_resumed_arguments(checkpoint: Path, run_arguments: dict) -> list[str]:
             f"--resume_from_checkpoint {checkpoint}: {details}. These cannot change in a resumed run (the weights, "
             "optimizer state, schedule and data order were made with the checkpoint's values): resume with them, or "
             "start a new run (from its weights with --model_name_or_path)."
+            + (
+                " A checkpoint written before --recipe existed was trained with the paper's: add --recipe paper."
+                if "recipe" in refused and "recipe" not in stored
+                else ""
+            )
         )
     return [f"--{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed if k != "resume_from_checkpoint"]
 
